@@ -1,0 +1,134 @@
+"""Saving and loading a captioning model: a folder of JSON and safetensors, no pickles.
+
+    config.json          format version, model name, encoder, decoder config, decoding defaults
+    vocabulary.json      the word list
+    model.safetensors    decoder weights (float16 or float32)
+    metrics.json         optional: test-split scores, shown by the CLI and the server
+
+Every file is written to a temporary name and renamed into place, so a crash never leaves a
+half-written checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .decoders import DecoderConfig, create_decoder
+from .errors import CheckpointError
+from .vocabulary import Vocabulary
+
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG, VOCABULARY, METRICS = "model.safetensors", "config.json", "vocabulary.json", "metrics.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def atomic_write_json(path: Path, data: object) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def unique_state_dict(module: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The state dict without tied duplicates (safetensors refuses shared storage)."""
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in module.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        tensor = tensor.detach()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[name] = tensor.contiguous().clone()
+    return tensors
+
+
+def save_model(folder: str | Path, decoder: torch.nn.Module, vocabulary: Vocabulary, config: dict, dtype: torch.dtype | None = None) -> None:
+    """Write a loadable model folder; `config` holds name, encoder, preprocess and decoding."""
+    folder = Path(folder)
+    full_config = {"format_version": FORMAT_VERSION, **config, "decoder": decoder.config.to_dict()}
+    atomic_save_tensors(folder / WEIGHTS, unique_state_dict(decoder, dtype), metadata={"format_version": str(FORMAT_VERSION)})
+    atomic_write_json(folder / VOCABULARY, vocabulary.to_dict())
+    atomic_write_json(folder / CONFIG, full_config)
+
+
+def read_config(folder: str | Path) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such model folder; pass a folder written by 'captioner train'")
+    for name in (CONFIG, VOCABULARY, WEIGHTS):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: missing {name}; this is not a complete model folder")
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{folder / CONFIG}: not valid JSON ({error})") from None
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{folder}: model format version {config.get('format_version')} is not {FORMAT_VERSION}; "
+            "retrain it or use the captioner version that wrote it"
+        )
+    return config
+
+
+def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Vocabulary, dict]:
+    """Rebuild the decoder from its config and load its weights; raise CheckpointError on mismatch."""
+    folder = Path(folder)
+    config = read_config(folder)
+    try:
+        vocabulary = Vocabulary.load(folder / VOCABULARY)
+    except (ValueError, KeyError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{folder / VOCABULARY}: not a vocabulary file ({error})") from None
+    decoder_config = DecoderConfig.from_dict(config["decoder"])
+    if decoder_config.vocab_size != len(vocabulary):
+        raise CheckpointError(f"{folder}: decoder expects {decoder_config.vocab_size} words but vocabulary has {len(vocabulary)}")
+    decoder = create_decoder(decoder_config)
+    try:
+        tensors = load_file(folder / WEIGHTS)
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{folder / WEIGHTS}: unreadable weights ({error})") from None
+    expected = unique_state_dict(decoder)
+    problems = sorted(set(expected) ^ set(tensors)) + [
+        f"{name} {tuple(tensors[name].shape)} != {tuple(expected[name].shape)}" for name in expected if name in tensors and tensors[name].shape != expected[name].shape
+    ]
+    if problems:
+        raise CheckpointError(f"{folder}: weights do not fit the config ({len(problems)} problems, e.g. {problems[0]}); the checkpoint is of another shape")
+    decoder.load_state_dict({name: tensor.float() for name, tensor in tensors.items()}, strict=False)
+    decoder.to(device).eval()
+    return decoder, vocabulary, config
+
+
+def read_metrics(folder: str | Path) -> dict:
+    path = Path(folder) / METRICS
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,220 @@
+"""The `captioner` command: caption, train, evaluate, features, serve.
+
+Device and thread count are resolved here, once. Errors a user can fix are printed as one
+line (`captioner: error: ...`) with a non-zero exit status, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import CaptionerError
+
+
+def _threads(count: int | None) -> None:
+    import torch
+
+    torch.set_num_threads(count or max(1, min(os.cpu_count() or 1, 8)))
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def command_caption(args: argparse.Namespace) -> int:
+    from .api import Captioner
+    from .decoders import Features
+    from .images import find_images, load_image
+
+    if args.num_captions > args.beam_size and not args.sample:
+        raise CaptionerError(f"--num-captions ({args.num_captions}) cannot exceed --beam-size ({args.beam_size})")
+    paths, problems = find_images(args.paths)
+    for problem in problems:
+        print(f"captioner: {problem}", file=sys.stderr)
+    if not paths:
+        raise CaptionerError("no images to caption; pass image files or folders holding JPEG, PNG, WebP, GIF, BMP or TIFF")
+    captioner = Captioner.load(args.model) if args.model else Captioner.from_pretrained()
+    failed = bool(problems)
+    for start in range(0, len(paths), args.batch_size):
+        batch, images = [], []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                images.append(load_image(path))
+                batch.append(path)
+            except CaptionerError as error:
+                print(f"captioner: {error}", file=sys.stderr)
+                failed = True
+        if not batch:
+            continue
+        features = captioner.encode(images)
+        results = captioner.generate(
+            Features(*features), args.beam_size, args.num_captions, sampling=args.sample,
+            temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        )
+        for path, captions in zip(batch, results):
+            if args.json:
+                print(json.dumps({"path": str(path), "captions": [{"text": c.text, "score": c.score} for c in captions]}))
+            else:
+                for caption in captions:
+                    print(f"{path}\t{caption.text}")
+        sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from .training import TrainingConfig, train
+
+    data: dict = {}
+    if args.config:
+        try:
+            data = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise CaptionerError(f"cannot read config {args.config}: {error}") from None
+    for flag, key in (("dataset", "dataset"), ("images", "images"), ("output", "output"), ("cache", "cache"), ("encoder", "encoder"), ("epochs", "epochs"), ("batch_size", "batch_size"), ("learning_rate", "learning_rate"), ("seed", "seed"), ("limit", "limit"), ("name", "name")):
+        if getattr(args, flag) is not None:
+            data[key] = getattr(args, flag)
+    if args.decoder:
+        data.setdefault("decoder", {})["kind"] = args.decoder
+    for assignment in args.set or []:
+        if "=" not in assignment:
+            raise CaptionerError(f"--set takes KEY=VALUE (e.g. decoder.dropout=0.5), got {assignment!r}")
+        key, value = assignment.split("=", 1)
+        target = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = _parse_value(value)
+    config = TrainingConfig.from_dict(data)
+    if not config.dataset and not args.resume:
+        raise CaptionerError("no dataset given; pass --dataset PATH (a Flickr8k folder, captions.txt, dataset_*.json, captions_*.json, .csv or .jsonl)")
+    best = train(config, resume=args.resume, force=args.force, progress=not args.quiet)
+    print(f"best model: {best}")
+    return 0
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_model
+
+    report = evaluate_model(
+        args.model, args.dataset, args.images, args.split, args.beam_size, args.output, args.cache,
+        force=args.force, limit=args.limit, save_metrics=args.save_metrics, progress=not args.quiet,
+    )
+    for beam, scores in report["results"].items():
+        print(f"{report['split']} ({report['images']} images), {beam}: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return 0
+
+
+def command_features(args: argparse.Namespace) -> int:
+    from .datasets import SPLITS, load_dataset
+    from .training import feature_cache
+
+    dataset = load_dataset(args.dataset, args.images)
+    started = time.time()
+    cache = feature_cache(dataset, args.encoder, args.cache, tuple(args.splits or SPLITS), flip=args.flip)
+    print(f"features of {len(cache.keys)} images in {cache.folder} ({time.time() - started:.0f} s)")
+    return 0
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import serve
+    except ImportError as error:
+        raise CaptionerError(f"the web app needs its extra dependencies: pip install 'captioner[serve]' ({error})") from None
+    serve(host=args.host, port=args.port, model=args.model, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captioner", description="Caption photos; train and evaluate captioning models.")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores, at most 8)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    caption = commands.add_parser("caption", help="caption image files and folders")
+    caption.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    caption.add_argument("--model", help="model folder (default: the shipped model)")
+    caption.add_argument("--beam-size", type=int, default=3)
+    caption.add_argument("--num-captions", type=int, default=1, help="captions per image (n-best list)")
+    caption.add_argument("--json", action="store_true", help="one JSON object per line with scores")
+    caption.add_argument("--batch-size", type=int, default=8)
+    caption.add_argument("--sample", action="store_true", help="sample captions instead of beam search")
+    caption.add_argument("--temperature", type=float, default=1.0)
+    caption.add_argument("--top-p", type=float, default=0.9)
+    caption.add_argument("--seed", type=int, default=None)
+    caption.set_defaults(handler=command_caption)
+
+    train = commands.add_parser("train", help="train a decoder on cached features")
+    train.add_argument("--config", help="JSON file of training settings (flags override it)")
+    train.add_argument("--dataset", help="dataset folder or annotation file")
+    train.add_argument("--images", help="folder holding the photos, if not beside the annotations")
+    train.add_argument("--output", help="run folder (default runs/model)")
+    train.add_argument("--cache", help="feature cache root (default cache/)")
+    train.add_argument("--encoder", help="efficientnet-lite0, -lite1 or -lite2 (default)")
+    train.add_argument("--decoder", choices=["merge", "attention", "transformer"])
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--limit", type=int, help="at most this many images per split (quick runs)")
+    train.add_argument("--name", help="model name stored in its config")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. decoder.dropout=0.5")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output")
+    train.add_argument("--force", action="store_true", help="delete an existing --output and start over")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(handler=command_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a model with the coco-caption metrics")
+    evaluate.add_argument("--model", help="model folder (default: the shipped model)")
+    evaluate.add_argument("--dataset", required=True)
+    evaluate.add_argument("--images")
+    evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    evaluate.add_argument("--beam-size", type=int, nargs="+", default=[3], help="one or more beam sizes (1 = greedy)")
+    evaluate.add_argument("--output", help="report folder (default runs/eval/MODEL-SPLIT)")
+    evaluate.add_argument("--cache", default="cache")
+    evaluate.add_argument("--limit", type=int, default=0, help="first N images of the split only")
+    evaluate.add_argument("--save-metrics", action="store_true", help="also write the scores to the model's metrics.json")
+    evaluate.add_argument("--force", action="store_true", help="overwrite an existing report folder")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(handler=command_evaluate)
+
+    features = commands.add_parser("features", help="build the feature cache of a dataset")
+    features.add_argument("--dataset", required=True)
+    features.add_argument("--images")
+    features.add_argument("--encoder", default="efficientnet-lite2")
+    features.add_argument("--cache", default="cache")
+    features.add_argument("--splits", nargs="+", choices=["train", "dev", "test"])
+    features.add_argument("--flip", action="store_true", help="features of mirrored photos (training augmentation)")
+    features.set_defaults(handler=command_features)
+
+    serve = commands.add_parser("serve", help="start the web app and JSON API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--model", help="model folder (default: the shipped model)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0)
+    serve.set_defaults(handler=command_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _threads(args.threads)
+        return args.handler(args)
+    except CaptionerError as error:
+        print(f"captioner: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("captioner: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

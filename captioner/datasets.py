@@ -1,0 +1,206 @@
+"""Readers for captioning datasets, all producing one `CaptionDataset`.
+
+Supported layouts (`load_dataset` detects which from the path):
+- Flickr8k original release: a folder with `Flickr8k.token.txt`, `Flickr_8k.{train,dev,test}Images.txt`
+  and the photos in `images/` or `Flicker8k_Dataset/`;
+- Kaggle `captions.txt` (CSV `image,caption`) for Flickr8k / Flickr30k, photos in `Images/`;
+- Karpathy's `dataset_{flickr8k,flickr30k,coco}.json` (splits train / val / test / restval);
+- COCO `captions_{train,val}2014.json` (or 2017);
+- a plain CSV or JSONL of `image,caption[,split]` for your own data.
+
+Splits are called train, dev and test. Datasets without splits get a fixed split by a hash of the
+image name (90 / 5 / 5), so it never changes between runs.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DatasetError
+
+SPLITS = ("train", "dev", "test")
+SPLIT_ALIASES = {"train": "train", "restval": "train", "val": "dev", "valid": "dev", "validation": "dev", "dev": "dev", "test": "test"}
+IMAGE_FOLDERS = ("images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k_images", "flickr30k-images")
+
+
+@dataclass
+class ImageRecord:
+    """One image: its path relative to the dataset's image folder, its reference captions, its split."""
+
+    image: str
+    captions: list[str] = field(default_factory=list)
+    split: str = "train"
+
+
+@dataclass
+class CaptionDataset:
+    """Images with reference captions; `image_root / record.image` is each photo's file."""
+
+    name: str
+    image_root: Path
+    records: list[ImageRecord]
+
+    def split(self, name: str) -> list[ImageRecord]:
+        if name not in SPLITS:
+            raise DatasetError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        return [record for record in self.records if record.split == name]
+
+    def image_path(self, record: ImageRecord) -> Path:
+        return self.image_root / record.image
+
+    def limit(self, per_split: int | None) -> "CaptionDataset":
+        """Keep at most `per_split` images of each split (for smoke tests and quick runs)."""
+        if not per_split:
+            return self
+        kept: list[ImageRecord] = []
+        for split in SPLITS:
+            kept.extend(self.split(split)[:per_split])
+        return CaptionDataset(self.name, self.image_root, kept)
+
+
+def hash_split(image: str) -> str:
+    """A fixed 90/5/5 train/dev/test assignment from the image name."""
+    bucket = int(hashlib.sha1(image.encode("utf-8")).hexdigest()[:8], 16) % 100
+    return "test" if bucket < 5 else "dev" if bucket < 10 else "train"
+
+
+def _group(pairs: list[tuple[str, str]], splits: dict[str, str] | None) -> list[ImageRecord]:
+    grouped: "OrderedDict[str, list[str]]" = OrderedDict()
+    for image, caption in pairs:
+        caption = caption.strip()
+        if caption:
+            grouped.setdefault(image.strip(), []).append(caption)
+    records = []
+    for image, captions in grouped.items():
+        split = splits.get(image) if splits is not None else hash_split(image)
+        if split is not None:
+            records.append(ImageRecord(image, captions, split))
+    return records
+
+
+def _find_image_root(base: Path, images: Path | None) -> Path:
+    if images is not None:
+        if not Path(images).is_dir():
+            raise DatasetError(f"image folder {images} does not exist; pass the folder holding the photos with --images")
+        return Path(images)
+    for name in IMAGE_FOLDERS:
+        if (base / name).is_dir():
+            return base / name
+    return base
+
+
+def read_flickr8k(folder: Path, images: Path | None = None) -> CaptionDataset:
+    """The original Flickr8k release: token file plus one file of image names per split."""
+    token_file = folder / "Flickr8k.token.txt"
+    pairs = []
+    for line_number, line in enumerate(token_file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if "\t" not in line or "#" not in line.split("\t", 1)[0]:
+            raise DatasetError(f"{token_file}:{line_number}: expected 'NAME.jpg#K<TAB>caption'")
+        key, caption = line.split("\t", 1)
+        pairs.append((key.rsplit("#", 1)[0], caption))
+    splits: dict[str, str] = {}
+    for split, file_name in (("train", "Flickr_8k.trainImages.txt"), ("dev", "Flickr_8k.devImages.txt"), ("test", "Flickr_8k.testImages.txt")):
+        split_file = folder / file_name
+        if not split_file.is_file():
+            raise DatasetError(f"{folder}: missing {file_name}; a Flickr8k folder needs the token file and the three split files")
+        for name in split_file.read_text(encoding="utf-8").split():
+            splits[name] = split
+    return CaptionDataset("flickr8k", _find_image_root(folder, images), _group(pairs, splits))
+
+
+def read_kaggle_captions(file: Path, images: Path | None = None) -> CaptionDataset:
+    """Kaggle's `captions.txt`: CSV with header `image,caption`, photos in `Images/` beside it."""
+    with open(file, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
+            raise DatasetError(f"{file}: expected a CSV header 'image,caption'")
+        pairs = [(row["image"], row["caption"] or "") for row in reader]
+    return CaptionDataset(file.parent.name or "captions", _find_image_root(file.parent, images), _group(pairs, None))
+
+
+def read_karpathy(file: Path, images: Path | None = None) -> CaptionDataset:
+    """Karpathy's split file `dataset_*.json`: restval joins train, val becomes dev."""
+    data = json.loads(file.read_text(encoding="utf-8"))
+    records = []
+    for entry in data["images"]:
+        name = f"{entry['filepath']}/{entry['filename']}" if entry.get("filepath") else entry["filename"]
+        captions = [sentence.get("raw") or " ".join(sentence["tokens"]) for sentence in entry["sentences"]]
+        records.append(ImageRecord(name, captions, SPLIT_ALIASES.get(entry.get("split", "train"), "train")))
+    return CaptionDataset(data.get("dataset", file.stem), _find_image_root(file.parent, images), records)
+
+
+def read_coco(file: Path, images: Path | None = None) -> CaptionDataset:
+    """COCO `captions_*.json`: the split comes from the file name (train2014 -> train, val2014 -> dev)."""
+    data = json.loads(file.read_text(encoding="utf-8"))
+    split = "train" if "train" in file.stem else "test" if "test" in file.stem else "dev"
+    names = {image["id"]: image["file_name"] for image in data["images"]}
+    pairs = [(names[annotation["image_id"]], annotation["caption"]) for annotation in data["annotations"] if annotation["image_id"] in names]
+    records = _group(pairs, {name: split for name in names.values()})
+    return CaptionDataset("coco", _find_image_root(file.parent, images), records)
+
+
+def read_pairs(file: Path, images: Path | None = None) -> CaptionDataset:
+    """Your own data: CSV (header `image,caption[,split]`) or JSONL (`{"image", "caption"[, "split"]}`)."""
+    rows: list[dict] = []
+    if file.suffix.lower() == ".jsonl":
+        for line_number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise DatasetError(f"{file}:{line_number}: not a JSON object; each line needs {{\"image\": ..., \"caption\": ...}}") from None
+    else:
+        with open(file, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    if not rows or not all(isinstance(row, dict) and "image" in row and "caption" in row for row in rows):
+        raise DatasetError(f"{file}: every row needs 'image' and 'caption' (CSV header or JSONL keys)")
+    has_splits = all(row.get("split") for row in rows)
+    splits = {row["image"].strip(): SPLIT_ALIASES.get(row["split"].strip().lower(), "train") for row in rows} if has_splits else None
+    pairs = [(row["image"], row["caption"] or "") for row in rows]
+    return CaptionDataset(file.stem, _find_image_root(file.parent, images), _group(pairs, splits))
+
+
+def load_dataset(path: str | Path, images: str | Path | None = None) -> CaptionDataset:
+    """Read a dataset folder or annotation file, detecting its layout; `images` overrides the photo folder."""
+    path = Path(path)
+    images = Path(images) if images is not None else None
+    if not path.exists():
+        raise DatasetError(f"{path}: no such dataset file or folder")
+    try:
+        if path.is_dir():
+            if (path / "Flickr8k.token.txt").is_file():
+                dataset = read_flickr8k(path, images)
+            elif (path / "captions.txt").is_file():
+                dataset = read_kaggle_captions(path / "captions.txt", images)
+            else:
+                candidates = sorted(path.glob("dataset_*.json")) + sorted(path.glob("captions_*.json"))
+                if not candidates:
+                    raise DatasetError(
+                        f"{path}: not a dataset folder I know; expected Flickr8k.token.txt, captions.txt, "
+                        "dataset_*.json (Karpathy) or captions_*.json (COCO); or pass the annotation file itself"
+                    )
+                return load_dataset(candidates[0], images)
+        elif path.name.startswith("captions") and path.suffix == ".txt":
+            dataset = read_kaggle_captions(path, images)
+        elif path.suffix.lower() == ".json":
+            data_keys = json.loads(path.read_text(encoding="utf-8")).keys()
+            dataset = read_karpathy(path, images) if "annotations" not in data_keys else read_coco(path, images)
+        elif path.suffix.lower() in (".csv", ".jsonl"):
+            dataset = read_pairs(path, images)
+        elif path.name == "Flickr8k.token.txt":
+            dataset = read_flickr8k(path.parent, images)
+        else:
+            raise DatasetError(f"{path}: unknown annotation format; use a folder, .json, .csv, .jsonl or captions.txt")
+    except DatasetError:
+        raise
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: not the layout its name suggests ({type(error).__name__}: {error})") from None
+    if not dataset.records:
+        raise DatasetError(f"{path}: no captions found")
+    return dataset

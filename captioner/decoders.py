@@ -1,0 +1,224 @@
+"""Caption decoders: the classic merge LSTM, a soft-attention LSTM and a Transformer decoder.
+
+Every decoder is built from a `DecoderConfig` and offers the same three calls:
+    forward(features, tokens)      -> logits (B, T, V) for teacher-forced training
+    init_state(features)           -> a dict of tensors, batch first, for step-by-step decoding
+    step(last_tokens, state)       -> logits (B, V) for the next word, and the new state
+so greedy, beam search and sampling (`decoding.py`) work with any of them. State tensors all
+have the batch on dim 0, which lets beam search reorder them with one `index_select` each.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CheckpointError
+
+State = dict[str, torch.Tensor]
+
+
+class Features(NamedTuple):
+    """Encoder output for a batch: the spatial grid (B, G, C) and the pooled vector (B, C)."""
+
+    grid: torch.Tensor
+    pooled: torch.Tensor
+
+
+@dataclass
+class DecoderConfig:
+    """The shape of a decoder; saved as JSON beside its weights and enough to rebuild it."""
+
+    kind: str = "transformer"  # merge | attention | transformer
+    vocab_size: int = 0
+    feature_dim: int = 1280
+    grid_size: int = 49
+    embed_dim: int = 512
+    hidden_dim: int = 512
+    num_layers: int = 3  # Transformer layers
+    num_heads: int = 8  # Transformer heads
+    attention_dim: int = 512  # soft-attention LSTM
+    dropout: float = 0.3
+    max_length: int = 22  # words, not counting <eos>
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DecoderConfig":
+        known = {field.name for field in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise CheckpointError(f"decoder config has unknown keys {sorted(unknown)}; the checkpoint is from another version")
+        return cls(**data)
+
+
+class FeatureProjection(nn.Module):
+    """Frozen-CNN features (…, C) -> the decoder's width (…, D), normalised, with dropout."""
+
+    def __init__(self, feature_dim: int, width: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(feature_dim)
+        self.linear = nn.Linear(feature_dim, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.dropout(F.gelu(self.linear(self.norm(features))))
+
+
+class MergeDecoder(nn.Module):
+    """The classic merge model (Tanti et al. 2018): the LSTM reads only words, the pooled image
+    vector is added to its output, and a small MLP predicts the next word."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        self.image = FeatureProjection(config.feature_dim, config.hidden_dim, config.dropout)
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
+        self.lstm = nn.LSTM(config.embed_dim, config.hidden_dim, batch_first=True)
+        self.dropout = nn.Dropout(config.dropout)
+        self.hidden = nn.Linear(config.hidden_dim, config.hidden_dim)
+        self.output = nn.Linear(config.hidden_dim, config.vocab_size)
+
+    def _predict(self, image: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        merged = self.dropout(image + words)  # (B, [T,] H)
+        return self.output(self.dropout(F.relu(self.hidden(merged))))
+
+    def forward(self, features: Features, tokens: torch.Tensor) -> torch.Tensor:
+        image = self.image(features.pooled)  # (B, H)
+        words, _ = self.lstm(self.dropout(self.embedding(tokens)))  # (B, T, H)
+        return self._predict(image[:, None, :], words)  # (B, T, V)
+
+    def init_state(self, features: Features) -> State:
+        batch = features.pooled.shape[0]
+        zeros = features.pooled.new_zeros(batch, self.config.hidden_dim)
+        return {"image": self.image(features.pooled), "h": zeros, "c": zeros}
+
+    def step(self, last_tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        embedded = self.embedding(last_tokens)[:, None, :]  # (B, 1, E)
+        words, (h, c) = self.lstm(embedded, (state["h"][None], state["c"][None]))  # (B, 1, H)
+        logits = self._predict(state["image"], words[:, 0])  # (B, V)
+        return logits, {"image": state["image"], "h": h[0], "c": c[0]}
+
+
+class AttentionDecoder(nn.Module):
+    """Show, Attend and Tell: an LSTM whose every step attends over the feature grid, with a
+    gate on the attended context; the state starts from the pooled vector."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_dim
+        self.grid = FeatureProjection(config.feature_dim, config.attention_dim, config.dropout)
+        self.init_h = nn.Linear(config.feature_dim, hidden)
+        self.init_c = nn.Linear(config.feature_dim, hidden)
+        self.attend_grid = nn.Linear(config.attention_dim, config.attention_dim)
+        self.attend_hidden = nn.Linear(hidden, config.attention_dim)
+        self.attend_score = nn.Linear(config.attention_dim, 1)
+        self.gate = nn.Linear(hidden, config.attention_dim)
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
+        self.cell = nn.LSTMCell(config.embed_dim + config.attention_dim, hidden)
+        self.dropout = nn.Dropout(config.dropout)
+        # Deep output: the next word depends on the state, the context and the current word.
+        self.out_hidden = nn.Linear(hidden, config.embed_dim)
+        self.out_context = nn.Linear(config.attention_dim, config.embed_dim)
+        self.output = nn.Linear(config.embed_dim, config.vocab_size)
+
+    def init_state(self, features: Features) -> State:
+        grid = self.grid(features.grid)  # (B, G, A)
+        pooled = features.pooled
+        return {"grid": grid, "grid_keys": self.attend_grid(grid), "h": torch.tanh(self.init_h(pooled)), "c": torch.tanh(self.init_c(pooled))}
+
+    def _attend(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        energy = torch.tanh(state["grid_keys"] + self.attend_hidden(state["h"])[:, None, :])  # (B, G, A)
+        alpha = torch.softmax(self.attend_score(energy).squeeze(-1), dim=-1)  # (B, G)
+        context = (alpha[:, :, None] * state["grid"]).sum(dim=1)  # (B, A)
+        return torch.sigmoid(self.gate(state["h"])) * context, alpha
+
+    def _step(self, embedded: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
+        context, alpha = self._attend(state)
+        h, c = self.cell(torch.cat([embedded, context], dim=-1), (state["h"], state["c"]))  # (B, H)
+        hidden = self.dropout(h)
+        logits = self.output(self.dropout(torch.tanh(embedded + self.out_hidden(hidden) + self.out_context(context))))  # (B, V)
+        return logits, {**state, "h": h, "c": c}, alpha
+
+    def forward(self, features: Features, tokens: torch.Tensor, return_attention: bool = False):
+        state = self.init_state(features)
+        embedded = self.dropout(self.embedding(tokens))  # (B, T, E)
+        logits, alphas = [], []
+        for t in range(tokens.shape[1]):
+            step_logits, state, alpha = self._step(embedded[:, t], state)
+            logits.append(step_logits)
+            alphas.append(alpha)
+        logits = torch.stack(logits, dim=1)  # (B, T, V)
+        return (logits, torch.stack(alphas, dim=1)) if return_attention else logits
+
+    def step(self, last_tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        logits, state, _ = self._step(self.embedding(last_tokens), state)
+        return logits, state
+
+
+class TransformerDecoder(nn.Module):
+    """A pre-norm Transformer decoder with cross-attention over the grid (plus the pooled vector
+    as one more memory slot); output weights tied to the word embedding."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        width = config.embed_dim
+        self.memory = FeatureProjection(config.feature_dim, width, config.dropout)
+        self.memory_position = nn.Parameter(torch.zeros(1, config.grid_size + 1, width))
+        self.embedding = nn.Embedding(config.vocab_size, width, padding_idx=0)
+        self.position = nn.Embedding(config.max_length + 2, width)
+        layer = nn.TransformerDecoderLayer(
+            width, config.num_heads, dim_feedforward=4 * width, dropout=config.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.layers = nn.TransformerDecoder(layer, config.num_layers, norm=nn.LayerNorm(width))
+        self.dropout = nn.Dropout(config.dropout)
+        self.output = nn.Linear(width, config.vocab_size, bias=False)
+        self.output.weight = self.embedding.weight
+        nn.init.normal_(self.memory_position, std=0.02)
+        nn.init.normal_(self.embedding.weight, std=width**-0.5)
+
+    def _memory(self, features: Features) -> torch.Tensor:
+        slots = torch.cat([features.pooled[:, None, :], features.grid], dim=1)  # (B, G+1, C)
+        return self.memory(slots) + self.memory_position  # (B, G+1, D)
+
+    def _decode(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        length = tokens.shape[1]
+        positions = torch.arange(length, device=tokens.device)
+        x = self.dropout(self.embedding(tokens) * math.sqrt(self.config.embed_dim) + self.position(positions))  # (B, T, D)
+        causal = torch.triu(torch.full((length, length), float("-inf"), device=tokens.device), diagonal=1)
+        x = self.layers(x, memory, tgt_mask=causal, tgt_is_causal=True)  # (B, T, D)
+        return self.output(x)  # (B, T, V)
+
+    def forward(self, features: Features, tokens: torch.Tensor) -> torch.Tensor:
+        return self._decode(self._memory(features), tokens)
+
+    def init_state(self, features: Features) -> State:
+        memory = self._memory(features)
+        return {"memory": memory, "tokens": memory.new_zeros(memory.shape[0], 0, dtype=torch.long)}
+
+    def step(self, last_tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        # The prefix is re-decoded each step; captions are short (~12 words), so this stays cheap.
+        tokens = torch.cat([state["tokens"], last_tokens[:, None]], dim=1)  # (B, t)
+        logits = self._decode(state["memory"], tokens)[:, -1]  # (B, V)
+        return logits, {"memory": state["memory"], "tokens": tokens}
+
+
+DECODERS = {"merge": MergeDecoder, "attention": AttentionDecoder, "transformer": TransformerDecoder}
+
+
+def create_decoder(config: DecoderConfig) -> nn.Module:
+    if config.kind not in DECODERS:
+        raise CheckpointError(f"unknown decoder kind {config.kind!r}; choose one of: {', '.join(DECODERS)}")
+    return DECODERS[config.kind](config)
+
+
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0, pad_id: int = 0) -> torch.Tensor:
+    """Cross-entropy over (B, T, V) logits, ignoring padded target positions."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=pad_id, label_smoothing=label_smoothing)

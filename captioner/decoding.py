@@ -1,0 +1,183 @@
+"""Turning a decoder's next-word logits into captions: greedy, batched beam search, sampling.
+
+All three work on any decoder with `init_state(features)` and `step(last_tokens, state)`
+(see `decoders.py`), mask the same tokens the same way (`_mask_logits`), and return, per image,
+an n-best list of `Hypothesis` sorted best first. A hypothesis' score is its length-normalised
+log-probability: sum of log p(word) over the words and `<eos>`, divided by length ** length_penalty.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .decoders import Features, State
+from .vocabulary import Vocabulary
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # word ids, without <bos> and <eos>
+    score: float
+
+
+@dataclass
+class DecodingOptions:
+    max_length: int = 22  # words, not counting <eos>
+    length_penalty: float = 1.0  # 0: raw sum of log-probs; 1: mean log-prob per token
+    no_repeat_ngram_size: int = 3  # 0 disables
+    min_length: int = 1
+
+
+def normalised_score(log_prob: float, length: int, length_penalty: float) -> float:
+    return log_prob / (max(length, 1) ** length_penalty)
+
+
+def _mask_logits(log_probs: torch.Tensor, prefixes: list[list[int]], step: int, options: DecodingOptions) -> torch.Tensor:
+    """-inf for tokens never to emit (<pad>, <bos>, <unk>), <eos> before min_length, and words
+    that would repeat an n-gram already in the prefix."""
+    log_probs[:, [Vocabulary.pad_id, Vocabulary.bos_id, Vocabulary.unk_id]] = float("-inf")
+    if step < options.min_length:
+        log_probs[:, Vocabulary.eos_id] = float("-inf")
+    if step >= options.max_length:
+        keep = log_probs[:, Vocabulary.eos_id].clone()
+        log_probs.fill_(float("-inf"))
+        log_probs[:, Vocabulary.eos_id] = keep
+    n = options.no_repeat_ngram_size
+    if n > 0 and step >= n - 1:
+        for row, prefix in enumerate(prefixes):
+            head = tuple(prefix[len(prefix) - (n - 1):]) if n > 1 else ()
+            banned = [prefix[i + n - 1] for i in range(len(prefix) - n + 1) if tuple(prefix[i : i + n - 1]) == head]
+            if banned:
+                log_probs[row, banned] = float("-inf")
+    return log_probs
+
+
+def _reorder(state: State, indices: torch.Tensor) -> State:
+    return {key: value.index_select(0, indices) for key, value in state.items()}
+
+
+@torch.inference_mode()
+def greedy(decoder, features: Features, options: DecodingOptions = DecodingOptions()) -> list[list[Hypothesis]]:
+    """The most likely word at every step."""
+    batch = features.pooled.shape[0]
+    state = decoder.init_state(features)
+    last = torch.full((batch,), Vocabulary.bos_id, dtype=torch.long, device=features.pooled.device)
+    prefixes: list[list[int]] = [[] for _ in range(batch)]
+    log_prob_sums = [0.0] * batch
+    finished = [False] * batch
+    for step in range(options.max_length + 1):
+        logits, state = decoder.step(last, state)
+        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options)
+        best_log_probs, best = log_probs.max(dim=-1)
+        for row in range(batch):
+            if finished[row]:
+                continue
+            log_prob_sums[row] += float(best_log_probs[row])
+            if int(best[row]) == Vocabulary.eos_id:
+                finished[row] = True
+            else:
+                prefixes[row].append(int(best[row]))
+        if all(finished):
+            break
+        last = best
+    return [[Hypothesis(prefix, normalised_score(total, len(prefix) + 1, options.length_penalty))] for prefix, total in zip(prefixes, log_prob_sums)]
+
+
+@torch.inference_mode()
+def beam_search(decoder, features: Features, beam_size: int = 3, num_captions: int = 1, options: DecodingOptions = DecodingOptions()) -> list[list[Hypothesis]]:
+    """Batched beam search; returns the `num_captions` best finished captions per image."""
+    if not 1 <= num_captions <= beam_size:
+        raise ValueError(f"num_captions must be between 1 and beam_size ({beam_size}), got {num_captions}")
+    batch, device = features.pooled.shape[0], features.pooled.device
+    state = decoder.init_state(features)
+    state = _reorder(state, torch.arange(batch, device=device).repeat_interleave(beam_size))  # (B*K, ...)
+    beam_log_probs = torch.zeros(batch, beam_size, device=device)  # running sums of log-probs
+    beam_log_probs[:, 1:] = float("-inf")  # all beams start identical: expand only the first
+    prefixes: list[list[int]] = [[] for _ in range(batch * beam_size)]
+    last = torch.full((batch * beam_size,), Vocabulary.bos_id, dtype=torch.long, device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    for step in range(options.max_length + 1):
+        logits, state = decoder.step(last, state)
+        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options)  # (B*K, V)
+        vocab = log_probs.shape[-1]
+        candidates = (beam_log_probs[:, :, None] + log_probs.view(batch, beam_size, vocab)).view(batch, -1)  # (B, K*V)
+        top_scores, top_indices = candidates.topk(2 * beam_size, dim=-1)  # (B, 2K)
+        top_scores, top_indices = top_scores.tolist(), top_indices.tolist()
+        new_sources, new_tokens, new_scores, new_prefixes = [], [], [], []
+        for b in range(batch):
+            kept = 0
+            for score, index in zip(top_scores[b], top_indices[b]):
+                if kept == beam_size:
+                    break
+                source, token = b * beam_size + index // vocab, index % vocab
+                if score == float("-inf"):
+                    token = Vocabulary.eos_id  # nothing left to extend: keep a dead beam
+                if done[b] or score == float("-inf"):
+                    new_sources.append(source); new_tokens.append(Vocabulary.eos_id); new_scores.append(float("-inf")); new_prefixes.append(prefixes[source])
+                    kept += 1
+                elif token == Vocabulary.eos_id:
+                    prefix = prefixes[source]
+                    finished[b].append(Hypothesis(list(prefix), normalised_score(score, len(prefix) + 1, options.length_penalty)))
+                    if len(finished[b]) >= beam_size:
+                        done[b] = True
+                else:
+                    new_sources.append(source); new_tokens.append(token); new_scores.append(score); new_prefixes.append(prefixes[source] + [token])
+                    kept += 1
+            while kept < beam_size:  # every candidate finished: pad with dead beams
+                new_sources.append(b * beam_size); new_tokens.append(Vocabulary.eos_id); new_scores.append(float("-inf")); new_prefixes.append([])
+                kept += 1
+        if all(done):
+            break
+        sources = torch.tensor(new_sources, device=device)
+        state = _reorder(state, sources)
+        last = torch.tensor(new_tokens, device=device)
+        beam_log_probs = torch.tensor(new_scores, device=device).view(batch, beam_size)
+        prefixes = new_prefixes
+    results = []
+    for b in range(batch):
+        hypotheses = sorted(finished[b], key=lambda h: h.score, reverse=True)
+        results.append(hypotheses[:num_captions])
+    return results
+
+
+@torch.inference_mode()
+def sample(
+    decoder, features: Features, num_captions: int = 1, temperature: float = 1.0, top_p: float = 0.9,
+    options: DecodingOptions = DecodingOptions(), generator: torch.Generator | None = None,
+) -> list[list[Hypothesis]]:
+    """Nucleus sampling: `num_captions` independent samples per image, sorted by score."""
+    batch = features.pooled.shape[0]
+    state = _reorder(decoder.init_state(features), torch.arange(batch, device=features.pooled.device).repeat_interleave(num_captions))
+    rows = batch * num_captions
+    last = torch.full((rows,), Vocabulary.bos_id, dtype=torch.long, device=features.pooled.device)
+    prefixes: list[list[int]] = [[] for _ in range(rows)]
+    sums = [0.0] * rows
+    finished = [False] * rows
+    for step in range(options.max_length + 1):
+        logits, state = decoder.step(last, state)
+        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options)
+        probs = torch.softmax(log_probs / max(temperature, 1e-5), dim=-1)
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
+        sorted_probs[outside] = 0.0
+        choice = order.gather(1, torch.multinomial(sorted_probs, 1, generator=generator)).squeeze(1)  # (rows,)
+        chosen_log_probs = log_probs.gather(1, choice[:, None]).squeeze(1)
+        for row in range(rows):
+            if finished[row]:
+                continue
+            sums[row] += float(chosen_log_probs[row])
+            if int(choice[row]) == Vocabulary.eos_id:
+                finished[row] = True
+            else:
+                prefixes[row].append(int(choice[row]))
+        if all(finished):
+            break
+        last = choice
+    results = []
+    for b in range(batch):
+        group = [Hypothesis(prefixes[r], normalised_score(sums[r], len(prefixes[r]) + 1, options.length_penalty)) for r in range(b * num_captions, (b + 1) * num_captions)]
+        results.append(sorted(group, key=lambda h: h.score, reverse=True))
+    return results

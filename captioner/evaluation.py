@@ -1,0 +1,94 @@
+"""Caption quality with the standard coco-caption scorer (pycocoevalcap).
+
+PTB tokenisation, then BLEU-1..4, METEOR, ROUGE-L and CIDEr (SPICE is left out: it downloads
+Stanford CoreNLP). The tokenizer and METEOR run on Java (`java` must be on PATH).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+
+from .errors import CaptionerError
+
+METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+
+def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str], metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
+    """Corpus-level scores of one hypothesis per image against its reference captions."""
+    if set(references) != set(hypotheses):
+        raise ValueError("references and hypotheses must cover the same images")
+    if shutil.which("java") is None:
+        raise CaptionerError("the coco-caption scorer needs Java; install a JRE (e.g. apt-get install default-jre-headless)")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({key: [{"caption": c} for c in captions] for key, captions in references.items()})
+    res = tokenizer.tokenize({key: [{"caption": hypotheses[key]}] for key in references})
+    scores: dict[str, float] = {}
+    if any(name.startswith("BLEU") for name in metrics):
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        scores.update({f"BLEU-{n + 1}": float(value) for n, value in enumerate(bleu)})
+    if "METEOR" in metrics:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        meteor = Meteor()
+        scores["METEOR"] = float(meteor.compute_score(gts, res)[0])
+        del meteor  # closes the Java process
+    if "ROUGE-L" in metrics:
+        scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
+    if "CIDEr" in metrics:
+        scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    return {name: scores[name] for name in METRICS if name in scores and name in metrics}
+
+
+def evaluate_model(
+    model: str | None, dataset_path: str, images: str | None = None, split: str = "test", beam_sizes: list[int] = (3,),
+    output: str | None = None, cache: str = "cache", force: bool = False, limit: int = 0, save_metrics: bool = False, progress: bool = True,
+) -> dict:
+    """Caption a dataset split from cached features and score it; writes report.json and captions.json."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from .api import Captioner
+    from .checkpoint import METRICS as METRICS_FILE, atomic_write_json
+    from .datasets import load_dataset
+    from .training import decode_split, feature_cache
+
+    captioner = Captioner.load(model) if model else Captioner.from_pretrained()
+    dataset = load_dataset(dataset_path, images)
+    records = dataset.split(split)[: limit or None]
+    if not records:
+        raise CaptionerError(f"{dataset_path}: the {split} split holds no images")
+    out = Path(output) if output else Path("runs") / "eval" / f"{captioner.name}-{dataset.name}-{split}"
+    if out.exists() and any(out.iterdir()) and not force:
+        raise CaptionerError(f"{out} already exists; pass --force to overwrite it or --output for another folder")
+    cache_store = feature_cache(dataset, captioner.config["encoder"], cache, (split,), encoder=captioner.encoder)
+    keys = [record.image for record in records]
+    references = {record.image: record.captions for record in records}
+    results, captions = {}, {key: {"references": references[key]} for key in keys}
+    for beam_size in beam_sizes:
+        started = time.time()
+        tokens = decode_split(captioner.decoder, cache_store, keys, torch.device("cpu"), beam_size, captioner.decoding_options())
+        hypotheses = {key: captioner.vocabulary.decode(ids) for key, ids in zip(keys, tokens)}
+        label = "greedy" if beam_size == 1 else f"beam {beam_size}"
+        results[label] = {name: round(value, 4) for name, value in score_captions(references, hypotheses).items()}
+        if progress:
+            print(f"{label}: decoded {len(keys)} images in {time.time() - started:.0f} s", file=sys.stderr)
+        for key in keys:
+            captions[key][label] = hypotheses[key]
+    report = {
+        "model": captioner.name, "dataset": dataset.name, "split": split, "images": len(keys),
+        "results": results, "distinct_words": {label: len({w for key in keys for w in captions[key][label].split()}) for label in results},
+        "command": "captioner " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("captioner") else None,
+    }
+    atomic_write_json(out / "report.json", report)
+    atomic_write_json(out / "captions.json", captions)
+    if save_metrics and captioner.path is not None:
+        atomic_write_json(captioner.path / METRICS_FILE, report)
+    report["output"] = str(out)
+    return report

@@ -1,0 +1,308 @@
+"""Training a decoder on cached features: AdamW, warm-up + cosine decay, label smoothing,
+gradient clipping, early stopping on dev CIDEr, atomic checkpoints and `--resume`.
+
+The trainer only needs a decoder with `forward(features, tokens)`; it never runs the CNN
+(features come from the `FeatureCache`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint import atomic_save_tensors, atomic_write_json, save_model
+from .datasets import CaptionDataset, load_dataset
+from .decoders import DecoderConfig, Features, caption_loss, create_decoder
+from .decoding import DecodingOptions, beam_search, greedy
+from .encoders import create_encoder
+from .errors import CaptionerError
+from .evaluation import score_captions
+from .features import FeatureCache
+from .vocabulary import Vocabulary, tokenize
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a training run needs; a JSON config file and command-line flags fill it."""
+
+    dataset: str = ""
+    images: str | None = None
+    output: str = "runs/model"
+    cache: str = "cache"
+    name: str = ""
+    encoder: str = "efficientnet-lite2"
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    min_count: int = 5
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 500
+    label_smoothing: float = 0.1
+    grad_clip: float = 2.0
+    patience: int = 4
+    flip_augment: bool = True
+    limit: int = 0  # images per split; 0 = all
+    seed: int = 0
+    bf16: bool = True
+    dev_beam_size: int = 1  # beam for the per-epoch dev score (1 = greedy, fastest)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainingConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise CaptionerError(f"unknown training config keys: {', '.join(sorted(unknown))}")
+        data = dict(data)
+        if isinstance(data.get("decoder"), dict):
+            decoder_keys = {f.name for f in fields(DecoderConfig)}
+            bad = set(data["decoder"]) - decoder_keys
+            if bad:
+                raise CaptionerError(f"unknown decoder config keys: {', '.join(sorted(bad))}")
+            data["decoder"] = DecoderConfig(**data["decoder"])
+        return cls(**data)
+
+
+def resolve_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def feature_cache(dataset: CaptionDataset, encoder_name: str, cache_root: str | Path, splits: tuple[str, ...], flip: bool = False, encoder=None) -> FeatureCache:
+    """The dataset's feature cache for one encoder, filled for the images of `splits`."""
+    keys = [record.image for record in dataset.records]
+    digest = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:10]
+    folder = Path(cache_root) / f"{dataset.name}-{encoder_name}-{digest}{'-flip' if flip else ''}"
+    rows = [row for row, record in enumerate(dataset.records) if record.split in splits]
+    if (folder / "index.json").is_file():
+        cache = FeatureCache(folder)
+        if cache.done[rows].all():
+            return cache
+    encoder = encoder or create_encoder(encoder_name)
+    paths = [dataset.image_path(record) for record in dataset.records]
+    missing = [str(paths[row]) for row in rows[:50] if not paths[row].is_file()]
+    if missing:
+        raise CaptionerError(f"image {missing[0]} not found; pass the folder holding the photos with --images")
+    return FeatureCache.build(folder, encoder, keys, paths, flip=flip, rows=rows)
+
+
+def batch_features(cache: FeatureCache, rows: np.ndarray, device: torch.device) -> Features:
+    order = np.argsort(rows)  # memmap reads are fastest in file order
+    grid = np.empty((len(rows), *cache.grid.shape[1:]), dtype=np.float16)
+    pooled = np.empty((len(rows), cache.pooled.shape[1]), dtype=np.float16)
+    grid[order] = cache.grid[rows[order]]
+    pooled[order] = cache.pooled[rows[order]]
+    return Features(torch.from_numpy(grid).to(device).float(), torch.from_numpy(pooled).to(device).float())
+
+
+def pad_batch(sequences: list[list[int]], vocabulary: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption ids -> (inputs `<bos> w1..wn`, targets `w1..wn <eos>`), both (B, T), padded with <pad>."""
+    length = max(len(ids) for ids in sequences) + 1
+    inputs = torch.full((len(sequences), length), vocabulary.pad_id, dtype=torch.long)
+    targets = torch.full((len(sequences), length), vocabulary.pad_id, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        inputs[row, : len(ids) + 1] = torch.tensor([vocabulary.bos_id] + ids)
+        targets[row, : len(ids) + 1] = torch.tensor(ids + [vocabulary.eos_id])
+    return inputs, targets
+
+
+def learning_rate_at(step: int, total_steps: int, config: TrainingConfig) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(decoder: torch.nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, parameter in decoder.named_parameters():
+        (decay if parameter.ndim >= 2 and "embedding" not in name and "position" not in name else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.98))
+
+
+def decode_split(decoder, cache: FeatureCache, keys: list[str], device: torch.device, beam_size: int, options: DecodingOptions, batch_size: int = 100) -> list[list[int]]:
+    decoder.eval()
+    rows = cache.rows(keys)
+    results = []
+    for start in range(0, len(rows), batch_size):
+        features = batch_features(cache, rows[start : start + batch_size], device)
+        if beam_size == 1:
+            hypotheses = greedy(decoder, features, options)
+        else:
+            hypotheses = beam_search(decoder, features, beam_size=beam_size, options=options)
+        results.extend(best[0].tokens for best in hypotheses)
+    return results
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [entry["epoch"] for entry in history]
+    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot(epochs, [entry["train_loss"] for entry in history], marker="o")
+    loss_axis.set(title="train loss", xlabel="epoch")
+    score_axis.plot(epochs, [entry["dev_bleu4"] for entry in history], marker="o", label="dev BLEU-4")
+    score_axis.plot(epochs, [entry["dev_cider"] for entry in history], marker="o", label="dev CIDEr")
+    score_axis.set(title="dev scores", xlabel="epoch")
+    score_axis.legend()
+    figure.tight_layout()
+    temporary = path.with_suffix(".tmp.png")
+    figure.savefig(temporary, dpi=90)
+    plt.close(figure)
+    temporary.replace(path)
+
+
+def _save_training_state(folder: Path, optimizer: torch.optim.Optimizer, progress: dict) -> None:
+    state = optimizer.state_dict()
+    tensors = {f"optimizer.{index}.{name}": value for index, entries in state["state"].items() for name, value in entries.items() if torch.is_tensor(value)}
+    tensors["rng.torch"] = torch.get_rng_state()
+    atomic_save_tensors(folder / "optimizer.safetensors", tensors)
+    atomic_write_json(folder / "training_state.json", {**progress, "param_groups": state["param_groups"]})
+
+
+def _load_training_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / "optimizer.safetensors")
+    progress = json.loads((folder / "training_state.json").read_text())
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": progress.pop("param_groups")})
+    torch.set_rng_state(tensors["rng.torch"])
+    return progress
+
+
+def train(config: TrainingConfig, resume: bool = False, force: bool = False, progress: bool = True, log=print) -> Path:
+    """Train a decoder; returns the folder of the best model (by dev CIDEr)."""
+    output = Path(config.output)
+    if output.exists() and any(output.iterdir()) and not (resume or force):
+        raise CaptionerError(f"{output} already exists; pass --resume to continue that run or --force to start over (it will be deleted)")
+    if resume and not (output / "last" / "training_state.json").is_file():
+        raise CaptionerError(f"{output}: nothing to resume (no last/training_state.json); start a new run without --resume")
+    if force and not resume and output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    if resume:
+        saved = json.loads((output / "training_config.json").read_text())
+        config = TrainingConfig.from_dict(saved)
+    atomic_write_json(output / "training_config.json", config.to_dict())
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    device = resolve_device()
+
+    dataset = load_dataset(config.dataset, config.images).limit(config.limit)
+    train_records, dev_records = dataset.split("train"), dataset.split("dev")
+    if not train_records or not dev_records:
+        raise CaptionerError(f"{config.dataset}: needs images in both the train and the dev split (found {len(train_records)} and {len(dev_records)})")
+    vocabulary = Vocabulary.build((c for r in train_records for c in r.captions), config.min_count)
+    lengths = sorted(len(tokenize(c)) for r in train_records for c in r.captions)
+    max_length = max(1, lengths[int(0.99 * (len(lengths) - 1))])
+    decoder_config = DecoderConfig(**{**config.decoder.to_dict(), "vocab_size": len(vocabulary), "max_length": max_length})
+
+    encoder = create_encoder(config.encoder)
+    decoder_config.feature_dim, decoder_config.grid_size = encoder.feature_dim, encoder.grid_size**2
+    cache = feature_cache(dataset, config.encoder, config.cache, ("train", "dev"), encoder=encoder)
+    flip_cache = feature_cache(dataset, config.encoder, config.cache, ("train",), flip=True, encoder=encoder) if config.flip_augment else None
+    preprocess = encoder.preprocess_config.to_dict()
+    del encoder
+
+    samples = [(int(row), ids[:max_length]) for record, row in zip(train_records, cache.rows([r.image for r in train_records])) for ids in (vocabulary.encode(c) for c in record.captions) if ids]
+    dev_keys = [record.image for record in dev_records]
+    dev_references = {record.image: record.captions for record in dev_records}
+
+    decoder = create_decoder(decoder_config).to(device)
+    optimizer = make_optimizer(decoder, config)
+    steps_per_epoch = math.ceil(len(samples) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    model_config = {
+        "name": config.name or f"{dataset.name}-{decoder_config.kind}-{config.encoder}",
+        "encoder": config.encoder,
+        "preprocess": preprocess,
+        "decoding": {"beam_size": 3, "length_penalty": 1.0, "no_repeat_ngram_size": 3},
+        "training": {"dataset": dataset.name, "images": len(train_records), "captions": len(samples)},
+    }
+    log(f"{len(train_records)} train images, {len(samples)} captions, {len(dev_records)} dev images; vocabulary {len(vocabulary)} words; max length {max_length}")
+    log(f"decoder {decoder_config.kind}: {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f} M parameters; device {device}")
+
+    history: list[dict] = []
+    start_epoch, step, best_cider, bad_epochs = 1, 0, -1.0, 0
+    if resume:
+        from .checkpoint import load_model
+
+        loaded, _, _ = load_model(output / "last", device)
+        decoder.load_state_dict(loaded.state_dict())
+        state = _load_training_state(output / "last", optimizer)
+        start_epoch, step, best_cider, bad_epochs, history = state["epoch"] + 1, state["step"], state["best_cider"], state["bad_epochs"], state["history"]
+        log(f"resuming after epoch {state['epoch']} (best dev CIDEr {best_cider:.3f})")
+
+    options = DecodingOptions(max_length=max_length)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    for epoch in range(start_epoch, config.epochs + 1):
+        if bad_epochs >= config.patience:
+            break
+        started = time.time()
+        decoder.train()
+        order = np.random.default_rng(config.seed + epoch).permutation(len(samples))
+        flips = np.random.default_rng(config.seed + 1000 + epoch).random(len(samples)) < 0.5
+        total_loss, count = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress, leave=False)
+        for batch_number in bar:
+            indices = order[batch_number * config.batch_size : (batch_number + 1) * config.batch_size]
+            rows = np.array([samples[i][0] for i in indices])
+            features = batch_features(cache, rows, device)
+            if flip_cache is not None and flips[indices].any():
+                flipped = batch_features(flip_cache, rows, device)
+                use_flip = torch.from_numpy(flips[indices]).to(device)
+                features = Features(torch.where(use_flip[:, None, None], flipped.grid, features.grid), torch.where(use_flip[:, None], flipped.pooled, features.pooled))
+            inputs, targets = pad_batch([samples[i][1] for i in indices], vocabulary)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(step, total_steps, config)
+            with autocast:
+                logits = decoder(features, inputs.to(device))  # (B, T, V)
+            loss = caption_loss(logits.float(), targets.to(device), config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(decoder.parameters(), config.grad_clip)
+            optimizer.step()
+            step += 1
+            total_loss, count = total_loss + loss.item(), count + 1
+            bar.set_postfix(loss=f"{total_loss / count:.3f}")
+        bar.close()
+        train_seconds = time.time() - started
+        hypotheses = decode_split(decoder, cache, dev_keys, device, config.dev_beam_size, options)
+        scores = score_captions(dev_references, {key: vocabulary.decode(tokens) for key, tokens in zip(dev_keys, hypotheses)}, metrics=("BLEU-4", "CIDEr"))
+        entry = {"epoch": epoch, "train_loss": total_loss / count, "dev_bleu4": scores["BLEU-4"], "dev_cider": scores["CIDEr"], "learning_rate": optimizer.param_groups[0]["lr"], "train_seconds": round(train_seconds, 1), "seconds": round(time.time() - started, 1)}
+        history.append(entry)
+        improved = entry["dev_cider"] > best_cider
+        if improved:
+            best_cider, bad_epochs = entry["dev_cider"], 0
+            save_model(output / "best", decoder, vocabulary, {**model_config, "dev": {"epoch": epoch, "BLEU-4": entry["dev_bleu4"], "CIDEr": entry["dev_cider"], "beam_size": config.dev_beam_size}})
+        else:
+            bad_epochs += 1
+        save_model(output / "last", decoder, vocabulary, model_config)
+        _save_training_state(output / "last", optimizer, {"epoch": epoch, "step": step, "best_cider": best_cider, "bad_epochs": bad_epochs, "history": history})
+        atomic_write_json(output / "history.json", history)
+        plot_history(history, output / "history.png")
+        log(f"epoch {epoch}: loss {entry['train_loss']:.3f}  dev BLEU-4 {entry['dev_bleu4']:.3f}  CIDEr {entry['dev_cider']:.3f}  ({entry['seconds']:.0f} s){'  *best*' if improved else ''}")
+    return output / "best"
+
