@@ -77,6 +77,12 @@ def command_train(args: argparse.Namespace) -> int:
             data = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise CaptionerError(f"cannot read config {args.config}: {error}") from None
+    if args.resume:
+        # Resume from the run's saved settings; flags given now (say a larger --epochs) apply on top.
+        saved = Path(args.output or data.get("output", "runs/model")) / "training_config.json"
+        if not saved.is_file():
+            raise CaptionerError(f"nothing to resume: {saved} not found; start a new run without --resume")
+        data = json.loads(saved.read_text())
     for flag, key in (("dataset", "dataset"), ("images", "images"), ("output", "output"), ("cache", "cache"), ("encoder", "encoder"), ("epochs", "epochs"), ("batch_size", "batch_size"), ("learning_rate", "learning_rate"), ("seed", "seed"), ("limit", "limit"), ("name", "name")):
         if getattr(args, flag) is not None:
             data[key] = getattr(args, flag)
@@ -105,6 +111,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_model(
         args.model, args.dataset, args.images, args.split, args.beam_size, args.output, args.cache,
         force=args.force, limit=args.limit, save_metrics=args.save_metrics, progress=not args.quiet,
+        length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
     )
     for beam, scores in report["results"].items():
         print(f"{report['split']} ({report['images']} images), {beam}: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
@@ -119,6 +126,28 @@ def command_features(args: argparse.Namespace) -> int:
     started = time.time()
     cache = feature_cache(dataset, args.encoder, args.cache, tuple(args.splits or SPLITS), flip=args.flip)
     print(f"features of {len(cache.keys)} images in {cache.folder} ({time.time() - started:.0f} s)")
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_model, save_model
+
+    output = Path(args.output)
+    if output.exists() and any(output.iterdir()) and not args.force:
+        raise CaptionerError(f"{output} already exists; pass --force to replace the model in it")
+    decoder, vocabulary, config = load_model(args.model)
+    config = {key: value for key, value in config.items() if key not in ("format_version", "decoder")}
+    if args.name:
+        config["name"] = args.name
+    if args.length_penalty is not None:
+        config.setdefault("decoding", {})["length_penalty"] = args.length_penalty
+    if args.no_repeat_ngram_size is not None:
+        config.setdefault("decoding", {})["no_repeat_ngram_size"] = args.no_repeat_ngram_size
+    save_model(output, decoder, vocabulary, config, dtype=torch.float16 if args.fp16 else None)
+    size = (output / "model.safetensors").stat().st_size / 2**20
+    print(f"exported {args.model} to {output} ({size:.1f} MiB{', float16' if args.fp16 else ''})")
     return 0
 
 
@@ -180,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, default=0, help="first N images of the split only")
     evaluate.add_argument("--save-metrics", action="store_true", help="also write the scores to the model's metrics.json")
     evaluate.add_argument("--force", action="store_true", help="overwrite an existing report folder")
+    evaluate.add_argument("--length-penalty", type=float, help="override the model's length penalty (0 = sum of log-probs, 1 = mean)")
+    evaluate.add_argument("--no-repeat-ngram-size", type=int, help="override the model's repeated n-gram ban (0 = off)")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(handler=command_evaluate)
 
@@ -191,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--splits", nargs="+", choices=["train", "dev", "test"])
     features.add_argument("--flip", action="store_true", help="features of mirrored photos (training augmentation)")
     features.set_defaults(handler=command_features)
+
+    export = commands.add_parser("export", help="copy a trained model folder, optionally as float16")
+    export.add_argument("--model", required=True, help="model folder, e.g. runs/NAME/best")
+    export.add_argument("--output", required=True)
+    export.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
+    export.add_argument("--name", help="rename the model")
+    export.add_argument("--length-penalty", type=float, help="default length penalty stored with the model")
+    export.add_argument("--no-repeat-ngram-size", type=int, help="default repeated n-gram ban stored with the model")
+    export.add_argument("--force", action="store_true")
+    export.set_defaults(handler=command_export)
 
     serve = commands.add_parser("serve", help="start the web app and JSON API")
     serve.add_argument("--host", default="127.0.0.1")

@@ -54,6 +54,12 @@ def _mask_logits(log_probs: torch.Tensor, prefixes: list[list[int]], step: int, 
     return log_probs
 
 
+def _fit_to(decoder, options: DecodingOptions) -> DecodingOptions:
+    """Never decode past the length a decoder was built for (its position table ends there)."""
+    limit = getattr(getattr(decoder, "config", None), "max_length", options.max_length)
+    return options if options.max_length <= limit else DecodingOptions(**{**options.__dict__, "max_length": limit})
+
+
 def _reorder(state: State, indices: torch.Tensor) -> State:
     return {key: value.index_select(0, indices) for key, value in state.items()}
 
@@ -61,6 +67,7 @@ def _reorder(state: State, indices: torch.Tensor) -> State:
 @torch.inference_mode()
 def greedy(decoder, features: Features, options: DecodingOptions = DecodingOptions()) -> list[list[Hypothesis]]:
     """The most likely word at every step."""
+    options = _fit_to(decoder, options)
     batch = features.pooled.shape[0]
     state = decoder.init_state(features)
     last = torch.full((batch,), Vocabulary.bos_id, dtype=torch.long, device=features.pooled.device)
@@ -88,6 +95,7 @@ def greedy(decoder, features: Features, options: DecodingOptions = DecodingOptio
 @torch.inference_mode()
 def beam_search(decoder, features: Features, beam_size: int = 3, num_captions: int = 1, options: DecodingOptions = DecodingOptions()) -> list[list[Hypothesis]]:
     """Batched beam search; returns the `num_captions` best finished captions per image."""
+    options = _fit_to(decoder, options)
     if not 1 <= num_captions <= beam_size:
         raise ValueError(f"num_captions must be between 1 and beam_size ({beam_size}), got {num_captions}")
     batch, device = features.pooled.shape[0], features.pooled.device
@@ -149,6 +157,7 @@ def sample(
     options: DecodingOptions = DecodingOptions(), generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
     """Nucleus sampling: `num_captions` independent samples per image, sorted by score."""
+    options = _fit_to(decoder, options)
     batch = features.pooled.shape[0]
     state = _reorder(decoder.init_state(features), torch.arange(batch, device=features.pooled.device).repeat_interleave(num_captions))
     rows = batch * num_captions

@@ -47,6 +47,7 @@ def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str],
 def evaluate_model(
     model: str | None, dataset_path: str, images: str | None = None, split: str = "test", beam_sizes: list[int] = (3,),
     output: str | None = None, cache: str = "cache", force: bool = False, limit: int = 0, save_metrics: bool = False, progress: bool = True,
+    length_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
 ) -> dict:
     """Caption a dataset split from cached features and score it; writes report.json and captions.json."""
     import sys
@@ -60,6 +61,10 @@ def evaluate_model(
     from .training import decode_split, feature_cache
 
     captioner = Captioner.load(model) if model else Captioner.from_pretrained()
+    if length_penalty is not None:
+        captioner.length_penalty = length_penalty
+    if no_repeat_ngram_size is not None:
+        captioner.no_repeat_ngram_size = no_repeat_ngram_size
     dataset = load_dataset(dataset_path, images)
     records = dataset.split(split)[: limit or None]
     if not records:
@@ -83,6 +88,7 @@ def evaluate_model(
             captions[key][label] = hypotheses[key]
     report = {
         "model": captioner.name, "dataset": dataset.name, "split": split, "images": len(keys),
+        "decoding": {"length_penalty": captioner.length_penalty, "no_repeat_ngram_size": captioner.no_repeat_ngram_size},
         "results": results, "distinct_words": {label: len({w for key in keys for w in captions[key][label].split()}) for label in results},
         "command": "captioner " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("captioner") else None,
     }

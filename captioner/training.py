@@ -117,6 +117,18 @@ def pad_batch(sequences: list[list[int]], vocabulary: Vocabulary) -> tuple[torch
     return inputs, targets
 
 
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of captions of similar length: far less padding, so far fewer wasted steps."""
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def learning_rate_at(step: int, total_steps: int, config: TrainingConfig) -> float:
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
@@ -200,9 +212,6 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
     if force and not resume and output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
-    if resume:
-        saved = json.loads((output / "training_config.json").read_text())
-        config = TrainingConfig.from_dict(saved)
     atomic_write_json(output / "training_config.json", config.to_dict())
 
     random.seed(config.seed)
@@ -227,12 +236,13 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
     del encoder
 
     samples = [(int(row), ids[:max_length]) for record, row in zip(train_records, cache.rows([r.image for r in train_records])) for ids in (vocabulary.encode(c) for c in record.captions) if ids]
+    lengths_of_samples = np.array([len(ids) for _, ids in samples])
     dev_keys = [record.image for record in dev_records]
     dev_references = {record.image: record.captions for record in dev_records}
 
     decoder = create_decoder(decoder_config).to(device)
     optimizer = make_optimizer(decoder, config)
-    steps_per_epoch = math.ceil(len(samples) / config.batch_size)
+    steps_per_epoch = len(length_bucketed_batches(lengths_of_samples, config.batch_size, np.random.default_rng(0)))
     total_steps = steps_per_epoch * config.epochs
     model_config = {
         "name": config.name or f"{dataset.name}-{decoder_config.kind}-{config.encoder}",
@@ -262,12 +272,12 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
             break
         started = time.time()
         decoder.train()
-        order = np.random.default_rng(config.seed + epoch).permutation(len(samples))
+        batches = length_bucketed_batches(lengths_of_samples, config.batch_size, np.random.default_rng(config.seed + epoch))
         flips = np.random.default_rng(config.seed + 1000 + epoch).random(len(samples)) < 0.5
         total_loss, count = 0.0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress, leave=False)
         for batch_number in bar:
-            indices = order[batch_number * config.batch_size : (batch_number + 1) * config.batch_size]
+            indices = batches[batch_number]
             rows = np.array([samples[i][0] for i in indices])
             features = batch_features(cache, rows, device)
             if flip_cache is not None and flips[indices].any():

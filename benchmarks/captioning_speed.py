@@ -1,0 +1,166 @@
+"""Speed and memory of the captioner on this machine's CPU.
+
+Prints: encoder images/s while caching features; seconds per training epoch for each decoder
+(timed steps on Flickr8k-sized batches, extrapolated to one epoch); captioning latency for one
+image from file to caption (median and p95, beam 3); throughput at batch 32; model load time;
+peak memory of `captioner caption` on a folder; and, if `transformers` is installed, a peer
+(ViT-GPT2, the public checkpoint's architecture with random weights) timed in the same run.
+
+    python benchmarks/captioning_speed.py [--threads 2] [--repeats 30]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FLICKR8K = ROOT.parent / "shared" / "flickr8k"
+
+
+def median_p95(values: list[float]) -> tuple[float, float]:
+    return statistics.median(values), float(np.percentile(values, 95))
+
+
+def sample_photos(count: int) -> list[Path]:
+    """Flickr8k photos when present (224 x 224), else the bundled examples repeated."""
+    if (FLICKR8K / "images").is_dir():
+        return sorted((FLICKR8K / "images").glob("*.jpg"))[:count]
+    examples = sorted((ROOT / "examples").glob("*.jpg"))
+    return [examples[i % len(examples)] for i in range(count)]
+
+
+def bench_encoder(count: int) -> float:
+    from captioner.encoders import create_encoder
+    from captioner.features import FeatureCache
+
+    encoder = create_encoder("efficientnet-lite2")
+    photos = sample_photos(count)
+    with tempfile.TemporaryDirectory() as folder:
+        FeatureCache.build(Path(folder) / "warm", encoder, [p.name for p in photos[:8]], photos[:8], progress=False)
+        started = time.perf_counter()
+        FeatureCache.build(Path(folder) / "c", encoder, [f"{i}" for i in range(len(photos))], photos, batch_size=4, progress=False)
+        return len(photos) / (time.perf_counter() - started)
+
+
+def bench_epochs(steps: int) -> dict[str, float]:
+    from captioner.decoders import DecoderConfig, Features, caption_loss, create_decoder
+    from captioner.training import TrainingConfig, length_bucketed_batches, make_optimizer
+
+    results = {}
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.normal(11.8, 3.8, 30000).round().astype(int), 1, 22)  # Flickr8k train caption lengths
+    for kind in ("merge", "attention", "transformer"):
+        settings = json.loads((ROOT / "configs" / f"flickr8k-{kind}.json").read_text())
+        training = TrainingConfig.from_dict({**settings, "decoder": {**settings["decoder"], "vocab_size": 2538}})
+        decoder = create_decoder(DecoderConfig(**{**training.decoder.to_dict(), "vocab_size": 2538})).train()
+        optimizer = make_optimizer(decoder, training)
+        batches = length_bucketed_batches(lengths, training.batch_size, rng)
+        times = []
+        for batch in batches[: steps + 2]:
+            tokens = torch.randint(4, 2538, (len(batch), int(lengths[batch].max()) + 1))
+            features = Features(torch.randn(len(batch), 49, 1280), torch.randn(len(batch), 1280))
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=training.bf16):
+                logits = decoder(features, tokens)
+            loss = caption_loss(logits.float(), tokens, training.label_smoothing)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            times.append(time.perf_counter() - started)
+        results[kind] = statistics.median(times[2:]) * len(batches)
+    return results
+
+
+def bench_captioning(repeats: int) -> dict[str, float]:
+    from captioner.api import Captioner
+
+    started = time.perf_counter()
+    Captioner.from_pretrained()
+    load_times = [time.perf_counter() - started]
+    for _ in range(2):
+        started = time.perf_counter()
+        captioner = Captioner.from_pretrained()
+        load_times.append(time.perf_counter() - started)
+    photo = ROOT / "examples" / "chelsea.jpg"
+    captioner.caption(photo)  # warm-up
+    latencies = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        captioner.caption(photo, beam_size=3)
+        latencies.append((time.perf_counter() - started) * 1000)
+    photos = sample_photos(64)
+    captioner.caption(photos[:32], beam_size=3, batch_size=32)
+    started = time.perf_counter()
+    captioner.caption(photos, beam_size=3, batch_size=32)
+    throughput = len(photos) / (time.perf_counter() - started)
+    median, p95 = median_p95(latencies)
+    return {"load_s": statistics.median(load_times), "latency_median_ms": median, "latency_p95_ms": p95, "throughput_batch32": throughput}
+
+
+def bench_folder_memory(count: int) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        for i, photo in enumerate(sample_photos(count)):
+            shutil.copy(photo, Path(folder) / f"{i:04d}{photo.suffix}")
+        subprocess.run([sys.executable, "-m", "captioner", "caption", folder], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # MiB
+
+
+def bench_peer(repeats: int) -> float | None:
+    """ViT-GPT2's architecture (random weights, no download), beam 4, 16 tokens, one image."""
+    try:
+        from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+    except ImportError:
+        return None
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(ViTConfig(), GPT2Config(add_cross_attention=True))
+    config.decoder_start_token_id = config.pad_token_id = 50256
+    model = VisionEncoderDecoderModel(config=config).eval()
+    pixels = torch.randn(1, 3, 224, 224)
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            model.generate(pixels, num_beams=4, max_new_tokens=16, min_new_tokens=16)
+            times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--encoder-images", type=int, default=400)
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads")
+    print(f"encoder (efficientnet-lite2, batch 4, caching features): {bench_encoder(args.encoder_images):.1f} images/s")
+    if not args.skip_training:
+        for kind, seconds in bench_epochs(args.train_steps).items():
+            print(f"training epoch, {kind} decoder (30,000 Flickr8k captions): {seconds:.0f} s")
+    captioning = bench_captioning(args.repeats)
+    print(f"load default model: {captioning['load_s']:.2f} s")
+    print(f"caption one image, file to caption, beam 3: median {captioning['latency_median_ms']:.0f} ms, p95 {captioning['latency_p95_ms']:.0f} ms")
+    print(f"throughput, batch 32, beam 3: {captioning['throughput_batch32']:.1f} images/s")
+    print(f"peak memory of 'captioner caption' on a folder of 200 photos: {bench_folder_memory(200):.0f} MiB")
+    peer = bench_peer(min(args.repeats, 5))
+    if peer is not None:
+        ratio = peer / captioning["latency_median_ms"]
+        print(f"peer ViT-GPT2 (random weights), beam 4, 16 tokens, one image: median {peer:.0f} ms -> ours is {ratio:.1f}x faster")
+    else:
+        print("peer ViT-GPT2: skipped (pip install transformers to measure it in the same run)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The web app and JSON API: `captioner serve`, or `create_app(Settings(...))` for any ASGI server."""
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from ..errors import CaptionerError
+from .app import MB, Settings, create_app
+
+__all__ = ["Settings", "create_app", "serve"]
+
+
+def serve(host: str = "127.0.0.1", port: int = 5000, model: str | None = None, max_upload_mb: float = 10.0) -> None:
+    """Run the app under uvicorn until interrupted; raise CaptionerError if it cannot start."""
+    import uvicorn
+
+    try:
+        settings = Settings(model_path=model, max_upload_bytes=int(max_upload_mb * MB))
+    except ValidationError:
+        raise CaptionerError(f"--max-upload-mb must be a positive number, got {max_upload_mb}") from None
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(_quiet_startup_failure(app), host=host, port=port, lifespan="on", timeout_graceful_shutdown=5))
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits by itself when start-up fails; say why below instead
+        pass
+    if not server.started:
+        raise CaptionerError(app.state.startup_error or f"could not listen on {host}:{port}; is another server using that port? Try --port")
+
+
+def _quiet_startup_failure(app):
+    """Uvicorn logs a failed start-up's whole traceback; for a CaptionerError, serve() prints its one line instead."""
+
+    async def wrapped(scope, receive, send):
+        async def send_quietly(message):
+            if message["type"] == "lifespan.startup.failed" and app.state.startup_error:
+                message = {**message, "message": ""}
+            await send(message)
+
+        await app(scope, receive, send_quietly if scope["type"] == "lifespan" else send)
+
+    return wrapped

@@ -1,0 +1,447 @@
+"""The web app: `create_app(settings)` builds a FastAPI app serving the JSON API and the page.
+
+The model is loaded once, in the app's lifespan, and reached through the `get_captioner`
+dependency. Uploads are streamed into memory with the size limit checked on every chunk (never
+spooled to disk, never logged); a bounded `InferenceQueue` admits a few jobs at a time and
+answers the rest with a quick 503; blocking decode and inference run in its thread pool.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Annotated, Callable, Iterator, TypeVar
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..api import Captioner
+from ..errors import CaptionerError, ImageError
+from ..images import MAX_PIXELS, load_image
+from . import schemas
+
+logger = logging.getLogger("captioner.server")
+
+MB = 1024 * 1024
+STATIC = Path(__file__).parent / "static"
+# Formats a browser or phone produces (JPEG includes multi-picture MPO); PIL can open many more,
+# each one more parser to trust.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+SUPPORTED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+MULTIPART_OVERHEAD = 64 * 1024  # part headers, boundaries and the option fields around the image
+OPTION_FIELD_BYTES = 32
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+T = TypeVar("T")
+
+
+class Settings(BaseModel):
+    """Everything a deployment may change; `serve()` and tests build one and pass it to `create_app`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_path: Path | None = Field(None, description="Model folder; None loads the shipped default model.")
+    max_upload_bytes: int = Field(10 * MB, gt=0)
+    max_pixels: int = Field(MAX_PIXELS, gt=0, le=MAX_PIXELS, description="Larger images are refused before decoding.")
+    queue_size: int = Field(8, ge=0, description="Caption jobs admitted at once (running or waiting); the rest get 503.")
+    inference_threads: int = Field(1, ge=1, description="Jobs run side by side; each already uses all of PyTorch's threads.")
+    upload_timeout: float = Field(30.0, gt=0, description="Seconds to receive an upload, so a slow client cannot hold a queue slot.")
+
+
+class ApiError(Exception):
+    """An error a client caused or can retry; rendered as {"error": {"code", "message"}}."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+class InferenceQueue:
+    """Admits at most `capacity` jobs at once and runs them on a small thread pool.
+
+    A request that finds the queue full is refused at once (503) instead of waiting, so a burst
+    costs a few small responses rather than a pile of uploads held in memory.
+    """
+
+    def __init__(self, capacity: int, threads: int):
+        self.capacity = capacity
+        self.admitted = 0  # only touched from the event loop, so no lock is needed
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="captioner-inference")
+
+    def try_admit(self) -> bool:
+        if self.admitted >= self.capacity:
+            return False
+        self.admitted += 1
+        return True
+
+    def leave(self) -> None:
+        self.admitted -= 1
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self.try_admit():
+            raise ApiError(503, "queue_full", "The server is busy captioning other photos; try again in a moment.", {"Retry-After": "1"})
+        try:
+            yield
+        finally:
+            self.leave()
+
+    async def run(self, function: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- dependencies -------------------------------------------------------------------------
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_captioner(request: Request) -> Captioner:
+    captioner = getattr(request.app.state, "captioner", None)
+    if captioner is None:
+        raise ApiError(503, "model_not_loaded", "The model is not loaded yet; try again in a moment.", {"Retry-After": "5"})
+    return captioner
+
+
+def get_inference_queue(request: Request) -> InferenceQueue:
+    return request.app.state.inference_queue
+
+
+SettingsDependency = Annotated[Settings, Depends(get_settings)]
+CaptionerDependency = Annotated[Captioner, Depends(get_captioner)]
+QueueDependency = Annotated[InferenceQueue, Depends(get_inference_queue)]
+
+
+# ---- reading the upload -------------------------------------------------------------------
+
+class FieldTooLarge(Exception):
+    """A form field passed its byte limit; `args[0]` is its name."""
+
+
+class FormReader:
+    """Parses a multipart/form-data body chunk by chunk into memory.
+
+    Only known fields are kept, each under its own byte limit; unknown ones are named (for the
+    error message) but their content is dropped as it streams past.
+    """
+
+    def __init__(self, boundary: bytes, limits: dict[str, int]):
+        self.limits = limits
+        self.fields: dict[str, bytearray] = {}
+        self.unknown: list[str] = []
+        self.complete = False
+        self._name: str | None = None
+        self._header_field, self._header_value, self._disposition = bytearray(), bytearray(), b""
+        self._parser = MultipartParser(boundary, callbacks={
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda data, start, end: self._header_field.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self._header_value.extend(data[start:end]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_end": self._end,
+        })
+
+    def write(self, chunk: bytes) -> None:
+        self._parser.write(chunk)
+
+    def _part_begin(self) -> None:
+        self._name, self._disposition = None, b""
+
+    def _header_end(self) -> None:
+        if bytes(self._header_field).strip().lower() == b"content-disposition":
+            self._disposition = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        _, parameters = parse_options_header(self._disposition)
+        name = parameters.get(b"name", b"").decode("utf-8", "replace")
+        if name in self.limits:
+            self._name = name
+            self.fields[name] = bytearray()  # a repeated field replaces the earlier one
+        elif len(self.unknown) < 5:
+            self.unknown.append(name[:40])
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._name is None:
+            return
+        buffer = self.fields[self._name]
+        if len(buffer) + (end - start) > self.limits[self._name]:
+            raise FieldTooLarge(self._name)
+        buffer.extend(data[start:end])
+
+    def _end(self) -> None:
+        self.complete = True
+
+
+def _upload_too_large(limit: int) -> ApiError:
+    return ApiError(413, "upload_too_large", f"The photo is larger than the {limit / MB:g} MB upload limit; send a smaller or more compressed copy.")
+
+
+def multipart_boundary(content_type: str | None) -> bytes:
+    kind, parameters = parse_options_header(content_type)
+    if kind != b"multipart/form-data":
+        raise ApiError(415, "unsupported_media_type", "Send the photo as multipart/form-data, in a file field named 'image'.")
+    boundary = parameters.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "malformed_request", "The multipart/form-data body has no boundary in its Content-Type header.")
+    return boundary
+
+
+async def read_caption_form(request: Request, max_upload_bytes: int) -> tuple[bytes, schemas.CaptionOptions]:
+    """Stream the body into memory, refusing it as soon as it passes the limit."""
+    body_limit = max_upload_bytes + MULTIPART_OVERHEAD
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > body_limit:
+        raise _upload_too_large(max_upload_bytes)  # refused before a byte of it is read
+    reader = FormReader(multipart_boundary(request.headers.get("content-type")), {
+        "image": max_upload_bytes, "beam_size": OPTION_FIELD_BYTES, "num_captions": OPTION_FIELD_BYTES,
+    })
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > body_limit:
+                raise _upload_too_large(max_upload_bytes)
+            reader.write(chunk)
+    except FieldTooLarge as error:
+        if error.args[0] == "image":
+            raise _upload_too_large(max_upload_bytes) from None
+        raise ApiError(422, "invalid_options", f"The form field '{error.args[0]}' is too long; send a small number.") from None
+    except MultipartParseError as error:
+        raise ApiError(400, "malformed_request", f"The multipart/form-data body could not be parsed ({error}).") from None
+    if not reader.complete:
+        raise ApiError(400, "malformed_request", "The multipart/form-data body ended early; send the whole form.")
+    if reader.unknown:
+        raise ApiError(422, "invalid_options", f"Unknown form field(s): {', '.join(map(repr, reader.unknown))}; send image, beam_size and num_captions.")
+    image = reader.fields.pop("image", None)
+    if image is None:
+        raise ApiError(422, "missing_image", "Send the photo in a file field named 'image'.")
+    try:
+        options = schemas.CaptionOptions.model_validate({name: value.decode("utf-8", "replace") for name, value in reader.fields.items()})
+    except ValidationError as error:
+        raise ApiError(422, "invalid_options", _describe(error)) from None
+    return bytes(image), options
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{field}: {message}" if field else message)
+    return "; ".join(problems) + "."
+
+
+# ---- the blocking work, run on the inference threads --------------------------------------
+
+def decode_photo(data: bytes, max_pixels: int, input_size: int) -> tuple[Image.Image, schemas.ImageSize]:
+    """Bytes -> RGB image ready for the encoder, and the photo's displayed size; ApiError if unusable."""
+    if not data:
+        raise ApiError(422, "invalid_image", "The uploaded file is empty; choose a photo.")
+    try:
+        # Identify the format and size from the header alone: unknown formats are a 415, and a
+        # decompression bomb is refused before any pixel is decoded.
+        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as probe:
+            width, height = probe.size
+            if probe.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the axes
+                width, height = height, width
+    except UnidentifiedImageError:
+        raise ApiError(415, "unsupported_image", f"That file is not a supported image; send a {SUPPORTED_NAMES} photo.") from None
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(None, max_pixels) from None
+    except Exception:  # a header PIL recognises but cannot parse
+        raise _corrupt_image() from None
+    if width * height > max_pixels:
+        raise _too_many_pixels((width, height), max_pixels)
+    try:
+        image = load_image(data, name="upload")
+    except ImageError:
+        raise _corrupt_image() from None
+    # The same box downscale `preprocess` would apply first, done now so a huge photo's
+    # full-size pixels are freed before the encoder runs; the encoder input is unchanged.
+    if max(image.size) > 4 * input_size:
+        image = image.reduce(max(1, max(image.size) // (2 * input_size)))
+    return image, schemas.ImageSize(width=width, height=height)
+
+
+def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> ApiError:
+    what = f"{size[0]:,} x {size[1]:,} pixels" if size else "Far too many pixels"
+    return ApiError(422, "image_too_large", f"{what} is over the {max_pixels / 1e6:g}-megapixel limit; downscale the photo and try again.")
+
+
+def _corrupt_image() -> ApiError:
+    return ApiError(422, "invalid_image", "The image is corrupt or truncated and cannot be decoded; save or export it again and retry.")
+
+
+def caption_photo(captioner: Captioner, data: bytes, options: schemas.CaptionOptions, max_pixels: int) -> tuple[list[schemas.Caption], schemas.ImageSize, dict[str, float]]:
+    """Decode, encode and generate for one photo, timing each step in milliseconds."""
+    started = time.perf_counter()
+    image, size = decode_photo(data, max_pixels, captioner.preprocess_config.input_size)
+    decoded = time.perf_counter()
+    features = captioner.encode([image])
+    encoded = time.perf_counter()
+    (captions,) = captioner.generate(features, beam_size=options.beam_size, num_captions=options.num_captions)
+    generated = time.perf_counter()
+    timings = {"decode": decoded - started, "encode": encoded - decoded, "generate": generated - encoded}
+    return [schemas.Caption(text=c.text, score=c.score) for c in captions], size, {k: round(v * 1000, 1) for k, v in timings.items()}
+
+
+# ---- routes -------------------------------------------------------------------------------
+
+def _errors(*statuses: int) -> dict:
+    descriptions = {
+        400: "Malformed multipart body", 408: "Upload too slow", 413: "Upload over the size limit", 415: "Not a supported image, or not multipart/form-data",
+        422: "Bad options, or a corrupt, truncated or too-large image", 503: "Inference queue full, or model not loaded; retry",
+    }
+    return {status: {"model": schemas.ErrorResponse, "description": descriptions[status]} for status in statuses}
+
+
+CAPTION_FORM_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schemas.CaptionForm.model_json_schema()}}}}
+
+router = APIRouter()
+
+
+@router.post(
+    "/api/captions", response_model=schemas.CaptionResponse, summary="Caption a photo",
+    responses=_errors(400, 408, 413, 415, 422, 503), openapi_extra=CAPTION_FORM_DOC,
+)
+async def create_caption(request: Request, captioner: CaptionerDependency, queue: QueueDependency, settings: SettingsDependency) -> schemas.CaptionResponse:
+    """Upload a photo as the multipart field `image`, with optional fields `beam_size` and `num_captions`.
+
+    The upload is held in memory only, never written to disk or logged.
+    """
+    started = time.perf_counter()
+    with queue.slot():  # before reading the body, so a full queue also bounds the memory held in uploads
+        try:
+            data, options = await asyncio.wait_for(read_caption_form(request, settings.max_upload_bytes), settings.upload_timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(408, "upload_timeout", f"The upload took longer than {settings.upload_timeout:g} s; check the connection and try again.") from None
+        captions, size, timings = await queue.run(caption_photo, captioner, data, options, settings.max_pixels)
+    timings["total"] = round((time.perf_counter() - started) * 1000, 1)
+    return schemas.CaptionResponse(captions=captions, model=captioner.name, image=size, timing_ms=schemas.Timings(**timings))
+
+
+@router.get("/api/model", response_model=schemas.ModelInfo, summary="The loaded model", responses=_errors(503))
+async def model_info(captioner: CaptionerDependency) -> schemas.ModelInfo:
+    decoder = dict(captioner.config["decoder"])
+    return schemas.ModelInfo(
+        name=captioner.name, encoder=captioner.config["encoder"],
+        decoder=schemas.DecoderInfo(kind=decoder.pop("kind"), parameters=decoder),
+        vocabulary_size=len(captioner.vocabulary), metrics=captioner.metrics,
+    )
+
+
+@router.get("/api/limits", response_model=schemas.Limits, summary="What uploads and options the server accepts")
+async def limits(settings: SettingsDependency) -> schemas.Limits:
+    defaults = schemas.CaptionOptions()
+    return schemas.Limits(
+        max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+        beam_size=schemas.Range(minimum=1, maximum=schemas.MAX_BEAM_SIZE, default=defaults.beam_size),
+        num_captions=schemas.Range(minimum=1, maximum=schemas.MAX_NUM_CAPTIONS, default=defaults.num_captions),
+    )
+
+
+@router.get("/healthz", response_model=schemas.Health, summary="Liveness, and whether the model is loaded")
+async def health(request: Request) -> schemas.Health:
+    captioner = getattr(request.app.state, "captioner", None)
+    return schemas.Health(status="ok", model_loaded=captioner is not None, model=captioner.name if captioner else None)
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers={
+        "Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+    })
+
+
+# ---- errors, all as {"error": {"code", "message"}} ----------------------------------------
+
+def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = schemas.ErrorResponse(error=schemas.ErrorDetail(code=code, message=message))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return _error_response(error.status, error.code, error.message, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error_response(422, "invalid_request", str(error.errors()[0].get("msg", "invalid request")) + ".")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error_response(error.status_code, codes.get(error.status_code, "http_error"), str(error.detail), error.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unexpected error answering %s %s", request.method, request.url.path)  # never the body
+        return _error_response(500, "internal_error", "Something went wrong on the server; please try again.")
+
+
+# ---- the app ------------------------------------------------------------------------------
+
+def load_captioner(settings: Settings) -> Captioner:
+    """Load the model and caption a blank image once, so a broken model fails here, not at the first request."""
+    try:
+        captioner = Captioner.load(settings.model_path) if settings.model_path else Captioner.from_pretrained()
+        captioner.generate(captioner.encode([Image.new("RGB", (64, 64))]), beam_size=1)
+    except CaptionerError as error:
+        raise CaptionerError(f"cannot load the model: {error}") from None
+    except Exception as error:
+        where = settings.model_path or "the shipped default model"
+        raise CaptionerError(f"cannot load the model from {where}: {type(error).__name__}: {error}") from None
+    return captioner
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings = app.state.settings
+    try:
+        app.state.captioner = load_captioner(settings)
+    except CaptionerError as error:
+        app.state.startup_error = str(error)  # serve() reports it as one line
+        raise
+    app.state.inference_queue = InferenceQueue(settings.queue_size, settings.inference_threads)
+    logger.info("model %s loaded; queue of %d", app.state.captioner.name, settings.queue_size)
+    try:
+        yield
+    finally:
+        app.state.inference_queue.shutdown()
+        app.state.captioner = None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app: JSON API under /api, health at /healthz, the page at /, docs at /docs."""
+    app = FastAPI(
+        title="Captioner", version="1", lifespan=lifespan,
+        description="Upload a photo, get its caption. Uploads are processed in memory and never stored or logged.",
+    )
+    app.state.settings = settings or Settings()
+    app.state.captioner = None
+    app.state.startup_error = None
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _install_error_handlers(app)
+    return app

@@ -1,0 +1,331 @@
+// Captioner page: choose, drop or paste a photo; POST it to /api/captions; show the captions.
+// Plain JavaScript, no build step and nothing fetched from anywhere but this server.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const elements = {
+    dropzone: $("dropzone"), empty: $("dropzone-empty"), choose: $("choose"), chooseAnother: $("choose-another"),
+    file: $("file"), figure: $("preview-figure"), preview: $("preview"), previewBusy: $("preview-busy"),
+    photoActions: $("photo-actions"), photoMeta: $("photo-meta"), hint: $("upload-hint"), modelName: $("model-name"),
+    beamSize: $("beam-size"), numCaptions: $("num-captions"),
+    result: $("result"), progress: $("progress"), placeholder: $("placeholder"),
+    error: $("error"), errorTitle: $("error-title"), errorMessage: $("error-message"),
+    answer: $("answer"), caption: $("caption"), bestScore: $("best-score"), copy: $("copy"), copyLabel: $("copy-label"),
+    alternativesBlock: $("alternatives-block"), alternatives: $("alternatives"), timing: $("timing"), status: $("status"),
+  };
+
+  const ERROR_TITLES = {
+    upload_too_large: "That photo is too large",
+    upload_timeout: "The upload was too slow",
+    unsupported_image: "That file is not an image we can read",
+    unsupported_media_type: "That file is not an image we can read",
+    invalid_image: "That image could not be read",
+    image_too_large: "That image has too many pixels",
+    invalid_options: "Those options are not valid",
+    queue_full: "The server is busy",
+    model_not_loaded: "The model is still loading",
+  };
+  const FORMATS = "JPEG, PNG, WebP, GIF, BMP or TIFF";
+
+  let limits = {
+    max_upload_bytes: 10 * 1024 * 1024,
+    beam_size: { minimum: 1, maximum: 10, default: 3 },
+    num_captions: { minimum: 1, maximum: 5, default: 1 },
+  };
+  let currentFile = null;
+  let previewUrl = null;
+  let inFlight = null; // AbortController of the request being answered
+  let copyTimer = 0;
+
+  // ---- set-up ----
+
+  function fillSelect(select, range) {
+    select.replaceChildren();
+    for (let value = range.minimum; value <= range.maximum; value += 1) {
+      select.append(new Option(String(value), String(value), value === range.default, value === range.default));
+    }
+  }
+
+  function megabytes(bytes) {
+    const value = bytes / (1024 * 1024);
+    return `${value >= 10 ? Math.round(value) : value.toFixed(1).replace(/\.0$/, "")} MB`;
+  }
+
+  function fileSize(bytes) {
+    return bytes < 1024 * 1024 ? `${Math.max(1, Math.round(bytes / 1024))} KB` : megabytes(bytes);
+  }
+
+  async function getJson(url) {
+    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    if (!response.ok) throw new Error(`${url}: ${response.status}`);
+    return response.json();
+  }
+
+  async function loadSettings() {
+    try {
+      limits = await getJson("/api/limits");
+    } catch (error) {
+      // keep the defaults above; the server still enforces its own limits
+    }
+    fillSelect(elements.beamSize, limits.beam_size);
+    fillSelect(elements.numCaptions, limits.num_captions);
+    elements.hint.textContent = `${FORMATS}, up to ${megabytes(limits.max_upload_bytes)}`;
+    try {
+      const model = await getJson("/api/model");
+      elements.modelName.textContent = `Model: ${model.name}`;
+      elements.modelName.title = `${model.encoder} encoder, ${model.decoder.kind} decoder, ${model.vocabulary_size.toLocaleString()} words`;
+    } catch (error) {
+      elements.modelName.textContent = "";
+    }
+  }
+
+  // ---- showing state ----
+
+  function show(part) {
+    // part: "placeholder" | "progress" | "error" | "answer"
+    for (const name of ["placeholder", "progress", "error", "answer"]) elements[name].hidden = name !== part;
+    const busy = part === "progress";
+    elements.result.setAttribute("aria-busy", String(busy));
+    elements.previewBusy.hidden = !busy;
+  }
+
+  function showError(title, message) {
+    elements.errorTitle.textContent = title;
+    elements.errorMessage.textContent = message;
+    show("error");
+    if (currentFile) elements.preview.alt = `Your photo, ${currentFile.name}`;
+  }
+
+  function sentence(text) {
+    const trimmed = text.trim();
+    if (!trimmed) return "(no caption)";
+    const capitalised = trimmed[0].toUpperCase() + trimmed.slice(1);
+    return /[.!?]$/.test(capitalised) ? capitalised : `${capitalised}.`;
+  }
+
+  function formatScore(score) {
+    return score.toFixed(2).replace("-", "\u2212");
+  }
+
+  function showPhoto(file) {
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = URL.createObjectURL(file);
+    const hadFocus = elements.empty.contains(document.activeElement);
+    elements.preview.alt = `Your photo, ${file.name || "from the clipboard"}, being captioned`;
+    elements.preview.src = previewUrl;
+    elements.figure.hidden = false;
+    elements.empty.hidden = true;
+    elements.dropzone.dataset.state = "photo";
+    elements.photoActions.hidden = false;
+    elements.photoMeta.textContent = `${file.name || "Pasted image"} \u00b7 ${fileSize(file.size)}`;
+    if (hadFocus) elements.chooseAnother.focus(); // the button that had focus is now hidden
+  }
+
+  function showAnswer(body) {
+    const [best, ...others] = body.captions;
+    const text = sentence(best.text);
+    elements.caption.textContent = text;
+    elements.preview.alt = text;
+    elements.bestScore.textContent = `score ${formatScore(best.score)}`;
+    elements.bestScore.title = "Average log-probability per word; closer to zero is more confident.";
+    elements.alternatives.replaceChildren(...others.map((caption) => {
+      const item = document.createElement("li");
+      const words = document.createElement("span");
+      words.className = "alternative-text";
+      words.textContent = sentence(caption.text);
+      const score = document.createElement("span");
+      score.className = "alternative-score";
+      score.textContent = formatScore(caption.score);
+      score.setAttribute("aria-label", `score ${formatScore(caption.score)}`);
+      const bar = document.createElement("span");
+      bar.className = "alternative-bar";
+      bar.setAttribute("aria-hidden", "true");
+      const fill = document.createElement("span");
+      fill.style.width = `${Math.round(Math.exp(caption.score) * 100)}%`;
+      bar.append(fill);
+      item.append(words, score, bar);
+      return item;
+    }));
+    elements.alternativesBlock.hidden = others.length === 0;
+    const { width, height } = body.image;
+    elements.timing.textContent = `${width.toLocaleString()} \u00d7 ${height.toLocaleString()} px \u00b7 captioned in ${Math.round(body.timing_ms.total)} ms`;
+    resetCopyButton();
+    show("answer");
+    elements.status.textContent = `Caption: ${text}`;
+    const box = elements.caption.getBoundingClientRect();
+    if (box.top > window.innerHeight || box.bottom < 0) {
+      // on a phone the caption sits below the photo: bring it into view
+      const calm = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      elements.caption.scrollIntoView({ block: "center", behavior: calm ? "auto" : "smooth" });
+    }
+  }
+
+  // ---- captioning ----
+
+  function checkFile(file) {
+    if (file.type && !file.type.startsWith("image/")) {
+      return ["That file is not an image", `\u201c${file.name}\u201d is not a photo. Choose a ${FORMATS} image.`];
+    }
+    if (file.size > limits.max_upload_bytes) {
+      return ["That photo is too large",
+        `It is ${megabytes(file.size)}; the limit is ${megabytes(limits.max_upload_bytes)}. Try a smaller or more compressed copy.`];
+    }
+    if (file.size === 0) return ["That file is empty", "Choose a photo that has something in it."];
+    return null;
+  }
+
+  function handleFile(file) {
+    if (!file) return;
+    const problem = checkFile(file);
+    if (problem) {
+      showError(...problem);
+      elements.status.textContent = problem.join(": ");
+      return;
+    }
+    currentFile = file;
+    showPhoto(file);
+    caption();
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  async function caption() {
+    if (!currentFile) return;
+    if (inFlight) inFlight.abort();
+    const controller = new AbortController();
+    inFlight = controller;
+    show("progress");
+    elements.status.textContent = "Captioning your photo\u2026";
+    const form = new FormData();
+    form.append("image", currentFile, currentFile.name || "pasted-image");
+    form.append("beam_size", elements.beamSize.value);
+    form.append("num_captions", elements.numCaptions.value);
+    try {
+      let response;
+      for (let attempt = 0; ; attempt += 1) {
+        response = await fetch("/api/captions", { method: "POST", body: form, signal: controller.signal });
+        if (response.status !== 503 || attempt >= 2) break;
+        await sleep(1000 * (attempt + 1)); // a busy server: wait a moment and try again
+      }
+      const body = await response.json().catch(() => null);
+      if (controller !== inFlight) return;
+      if (response.ok && body && body.captions && body.captions.length) {
+        showAnswer(body);
+      } else {
+        const error = (body && body.error) || { code: "", message: `The server answered ${response.status}.` };
+        showError(ERROR_TITLES[error.code] || "Something went wrong", error.message);
+        elements.status.textContent = `${ERROR_TITLES[error.code] || "Error"}: ${error.message}`;
+      }
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      showError("Could not reach the server", "Check that the captioner is still running, then try again.");
+    } finally {
+      if (controller === inFlight) inFlight = null;
+    }
+  }
+
+  // ---- options ----
+
+  function optionsChanged(event) {
+    const beam = Number(elements.beamSize.value);
+    const count = Number(elements.numCaptions.value);
+    if (count > beam) {
+      // keep the pair valid: the beam must hold at least as many captions as asked for
+      if (event.target === elements.numCaptions) elements.beamSize.value = String(count);
+      else elements.numCaptions.value = String(beam);
+    }
+    caption();
+  }
+
+  // ---- copy ----
+
+  function resetCopyButton() {
+    clearTimeout(copyTimer);
+    elements.copy.classList.remove("is-done");
+    elements.copyLabel.textContent = "Copy caption";
+  }
+
+  async function copyCaption() {
+    const text = elements.caption.textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (error) {
+      // not a secure context (e.g. a LAN address): fall back to a selection copy
+      const area = document.createElement("textarea");
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.className = "visually-hidden";
+      document.body.append(area);
+      area.select();
+      document.execCommand("copy");
+      area.remove();
+      elements.copy.focus();
+    }
+    elements.copy.classList.add("is-done");
+    elements.copyLabel.textContent = "Copied";
+    elements.status.textContent = "Caption copied to the clipboard.";
+    clearTimeout(copyTimer);
+    copyTimer = setTimeout(resetCopyButton, 2000);
+  }
+
+  // ---- choosing, dropping and pasting ----
+
+  const openPicker = () => elements.file.click();
+  elements.choose.addEventListener("click", openPicker);
+  elements.chooseAnother.addEventListener("click", openPicker);
+  elements.empty.addEventListener("click", (event) => { if (event.target === elements.empty) openPicker(); });
+  elements.file.addEventListener("change", () => {
+    handleFile(elements.file.files[0]);
+    elements.file.value = ""; // choosing the same file again still fires "change"
+  });
+
+  let dragDepth = 0;
+  const carriesFiles = (event) => event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files");
+  window.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    dragDepth += 1;
+    elements.dropzone.classList.add("is-dragging");
+  });
+  window.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault(); // the whole window is a drop target, so a miss never opens the file
+    event.dataTransfer.dropEffect = "copy";
+  });
+  window.addEventListener("dragleave", () => {
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (dragDepth === 0) elements.dropzone.classList.remove("is-dragging");
+  });
+  window.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    dragDepth = 0;
+    elements.dropzone.classList.remove("is-dragging");
+    handleFile(event.dataTransfer.files[0]);
+  });
+
+  document.addEventListener("paste", (event) => {
+    const target = event.target;
+    if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement) return;
+    const items = Array.from((event.clipboardData && event.clipboardData.items) || []);
+    const item = items.find((entry) => entry.kind === "file" && entry.type.startsWith("image/")) || items.find((entry) => entry.kind === "file");
+    if (!item) return;
+    event.preventDefault();
+    handleFile(item.getAsFile());
+  });
+
+  elements.preview.addEventListener("error", () => {
+    // e.g. TIFF, which browsers cannot show: keep captioning, show the file name instead
+    if (elements.preview.src) elements.figure.classList.add("no-preview");
+  });
+  elements.preview.addEventListener("load", () => elements.figure.classList.remove("no-preview"));
+
+  elements.beamSize.addEventListener("change", optionsChanged);
+  elements.numCaptions.addEventListener("change", optionsChanged);
+  elements.options = $("options");
+  elements.options.addEventListener("submit", (event) => { event.preventDefault(); caption(); });
+  elements.copy.addEventListener("click", copyCaption);
+
+  loadSettings();
+})();

@@ -1,0 +1,35 @@
+"""Shared fixtures: paths to the example photos and to Flickr8k (tests needing it skip without it)."""
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+FLICKR8K = ROOT.parent / "shared" / "flickr8k"
+
+torch.set_num_threads(1)
+
+needs_flickr8k = pytest.mark.skipif(
+    not (FLICKR8K / "Flickr8k.token.txt").is_file(),
+    reason=f"Flickr8k not found at {FLICKR8K} (see the README for how to get it)",
+)
+
+
+@pytest.fixture(scope="session")
+def example_photos() -> list[Path]:
+    return sorted(EXAMPLES.glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from captioner.encoders import create_encoder
+
+    return create_encoder("efficientnet-lite2")
+
+
+@pytest.fixture(scope="session")
+def shipped_captioner():
+    from captioner.api import Captioner
+
+    return Captioner.from_pretrained()

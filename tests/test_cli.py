@@ -1,0 +1,88 @@
+"""The `captioner` command end to end, on the example photos with the shipped model."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import EXAMPLES, ROOT
+
+
+def run(*arguments: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "captioner", "--threads", "1", *arguments], capture_output=True, text=True, cwd=cwd, env=environment, timeout=300)
+
+
+def test_caption_folder_prints_one_line_per_image_in_order():
+    result = run("caption", str(EXAMPLES))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    captions = [line.split("\t")[1] for line in lines]
+    assert all(len(caption.split()) >= 3 for caption in captions)
+
+
+def test_caption_json_nbest(tmp_path):
+    result = run("caption", str(EXAMPLES / "chelsea.jpg"), str(EXAMPLES / "coffee.jpg"), "--json", "--num-captions", "3", "--beam-size", "4")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["path"] for row in rows] == [str(EXAMPLES / "chelsea.jpg"), str(EXAMPLES / "coffee.jpg")]
+    for row in rows:
+        scores = [c["score"] for c in row["captions"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+        assert all(c["text"] for c in row["captions"])
+
+
+def test_bad_files_are_reported_and_the_rest_captioned(tmp_path):
+    shutil.copy(EXAMPLES / "chelsea.jpg", tmp_path / "a_good.jpg")
+    (tmp_path / "b_empty.jpg").write_bytes(b"")
+    (tmp_path / "c_truncated.jpg").write_bytes((EXAMPLES / "coffee.jpg").read_bytes()[:2000])
+    (tmp_path / "d_text.png").write_text("not an image")
+    result = run("caption", str(tmp_path), str(tmp_path / "missing.jpg"))
+    assert result.returncode == 1
+    assert result.stdout.count("\n") == 1 and result.stdout.startswith(str(tmp_path / "a_good.jpg") + "\t")
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 4 and "Traceback" not in result.stderr
+    assert any("b_empty.jpg" in e and "empty" in e for e in errors)
+    assert any("c_truncated.jpg" in e and "truncated" in e for e in errors)
+    assert any("d_text.png" in e and "not a supported image" in e for e in errors)
+    assert any("missing.jpg" in e and "no such file" in e for e in errors)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["caption", "nowhere/"], "no images to caption"),
+    (["caption", str(EXAMPLES), "--model", "no-such-model"], "no such model folder"),
+    (["caption", str(EXAMPLES), "--num-captions", "5", "--beam-size", "2"], "cannot exceed"),
+    (["train", "--dataset", str(EXAMPLES), "--output", "/tmp/unused-captioner-run"], "not a dataset folder"),
+    (["evaluate", "--dataset", "nowhere"], "no such dataset"),
+])
+def test_errors_are_one_line(arguments, message):
+    result = run(*arguments)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_export_refuses_to_overwrite(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    from captioner.api import pretrained_path
+
+    result = run("export", "--model", str(pretrained_path()), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and "--force" in result.stderr
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_python_api_accepts_paths_bytes_pil_and_arrays(shipped_captioner):
+    import numpy as np
+    from PIL import Image
+
+    path = EXAMPLES / "coffee.jpg"
+    image = Image.open(path)
+    results = shipped_captioner.caption([path, path.read_bytes(), image, np.asarray(image)], beam_size=3)
+    texts = [captions[0].text for captions in results]
+    assert len(set(texts)) == 1 and texts[0]
+    single = shipped_captioner.caption(str(path), beam_size=1)
+    assert isinstance(single, list) and single[0].text

@@ -1,0 +1,102 @@
+"""Every dataset reader on tiny fixture files, and clear errors for the wrong layout."""
+import json
+
+import pytest
+
+from captioner.datasets import hash_split, load_dataset
+from captioner.errors import DatasetError
+from conftest import FLICKR8K, needs_flickr8k
+
+
+def write_flickr8k(folder):
+    (folder / "images").mkdir(parents=True)
+    (folder / "Flickr8k.token.txt").write_text("a.jpg#0\tA dog runs .\na.jpg#1\tA brown dog .\nb.jpg#0\tA cat sits .\nc.jpg#0\tTwo men .\n")
+    (folder / "Flickr_8k.trainImages.txt").write_text("a.jpg\n")
+    (folder / "Flickr_8k.devImages.txt").write_text("b.jpg\n")
+    (folder / "Flickr_8k.testImages.txt").write_text("c.jpg\n")
+
+
+def test_flickr8k_layout(tmp_path):
+    write_flickr8k(tmp_path)
+    dataset = load_dataset(tmp_path)
+    assert dataset.image_root == tmp_path / "images"
+    assert [(r.image, r.split, len(r.captions)) for r in dataset.records] == [("a.jpg", "train", 2), ("b.jpg", "dev", 1), ("c.jpg", "test", 1)]
+    assert dataset.split("train")[0].captions == ["A dog runs .", "A brown dog ."]
+
+
+def test_kaggle_captions_csv(tmp_path):
+    (tmp_path / "Images").mkdir()
+    (tmp_path / "captions.txt").write_text('image,caption\na.jpg,"A dog, running ."\na.jpg,A brown dog .\nb.jpg,A cat .\n')
+    dataset = load_dataset(tmp_path)
+    assert dataset.image_root == tmp_path / "Images"
+    assert {r.image: r.captions for r in dataset.records} == {"a.jpg": ["A dog, running .", "A brown dog ."], "b.jpg": ["A cat ."]}
+    assert all(r.split == hash_split(r.image) for r in dataset.records)
+
+
+def test_karpathy_json(tmp_path):
+    data = {"dataset": "flickr30k", "images": [
+        {"filename": "1.jpg", "split": "train", "sentences": [{"raw": "A dog .", "tokens": ["a", "dog"]}]},
+        {"filename": "2.jpg", "split": "restval", "sentences": [{"tokens": ["a", "cat"]}]},
+        {"filename": "3.jpg", "split": "val", "sentences": [{"raw": "Men ."}]},
+        {"filename": "4.jpg", "filepath": "val2014", "split": "test", "sentences": [{"raw": "A bus ."}]},
+    ]}
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps(data))
+    dataset = load_dataset(tmp_path / "dataset_flickr30k.json")
+    assert dataset.name == "flickr30k"
+    assert [(r.image, r.split) for r in dataset.records] == [("1.jpg", "train"), ("2.jpg", "train"), ("3.jpg", "dev"), ("val2014/4.jpg", "test")]
+    assert dataset.records[1].captions == ["a cat"]
+
+
+def test_coco_captions_json(tmp_path):
+    data = {"images": [{"id": 1, "file_name": "x.jpg"}, {"id": 2, "file_name": "y.jpg"}],
+            "annotations": [{"image_id": 1, "caption": "A bus."}, {"image_id": 1, "caption": "A red bus."}, {"image_id": 2, "caption": "A plate."}]}
+    (tmp_path / "captions_val2014.json").write_text(json.dumps(data))
+    dataset = load_dataset(tmp_path / "captions_val2014.json")
+    assert {r.image: (r.split, r.captions) for r in dataset.records} == {"x.jpg": ("dev", ["A bus.", "A red bus."]), "y.jpg": ("dev", ["A plate."])}
+
+
+def test_own_csv_with_splits_and_jsonl_without(tmp_path):
+    (tmp_path / "mine.csv").write_text("image,caption,split\np1.png,My dog .,train\np2.png,My cat .,val\n")
+    dataset = load_dataset(tmp_path / "mine.csv", images=tmp_path)
+    assert [(r.image, r.split) for r in dataset.records] == [("p1.png", "train"), ("p2.png", "dev")]
+    (tmp_path / "mine.jsonl").write_text('{"image": "p1.png", "caption": "My dog ."}\n{"image": "p1.png", "caption": "A dog ."}\n')
+    dataset = load_dataset(tmp_path / "mine.jsonl")
+    assert dataset.records[0].captions == ["My dog .", "A dog ."]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("image,text\na.jpg,hi\n", "image' and 'caption"),
+    ("", "image' and 'caption"),
+])
+def test_bad_csv_is_a_clear_error(tmp_path, content, message):
+    (tmp_path / "bad.csv").write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(tmp_path / "bad.csv")
+
+
+def test_wrong_layouts(tmp_path):
+    with pytest.raises(DatasetError, match="no such dataset"):
+        load_dataset(tmp_path / "missing")
+    with pytest.raises(DatasetError, match="not a dataset folder"):
+        load_dataset(tmp_path)
+    (tmp_path / "dataset_x.json").write_text(json.dumps({"images": [{"file": "a"}]}))
+    with pytest.raises(DatasetError, match="not the layout"):
+        load_dataset(tmp_path / "dataset_x.json")
+    write_flickr8k(tmp_path / "f")
+    (tmp_path / "f" / "Flickr_8k.devImages.txt").unlink()
+    with pytest.raises(DatasetError, match="missing Flickr_8k.devImages.txt"):
+        load_dataset(tmp_path / "f")
+
+
+def test_hash_split_is_fixed_and_roughly_90_5_5():
+    names = [f"img{i}.jpg" for i in range(4000)]
+    splits = [hash_split(n) for n in names]
+    assert splits == [hash_split(n) for n in names]
+    assert 0.03 < splits.count("test") / 4000 < 0.07 and 0.03 < splits.count("dev") / 4000 < 0.07
+
+
+@needs_flickr8k
+def test_real_flickr8k_splits():
+    dataset = load_dataset(FLICKR8K)
+    assert [len(dataset.split(s)) for s in ("train", "dev", "test")] == [6000, 1000, 1000]
+    assert all(len(r.captions) == 5 for r in dataset.records)

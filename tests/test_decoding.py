@@ -1,0 +1,90 @@
+"""Greedy, beam search and sampling: equality at beam 1, sorted n-best lists, stopping at <eos>."""
+import pytest
+import torch
+
+from captioner.decoders import Features
+from captioner.decoding import DecodingOptions, beam_search, greedy, sample
+from captioner.vocabulary import Vocabulary
+from helpers import KINDS, random_features, tiny_decoder
+
+
+class ScriptedDecoder:
+    """Emits a fixed word sequence (then <eos>) with high probability; for exact checks."""
+
+    def __init__(self, script: list[int], vocab_size: int = 12):
+        self.script, self.vocab_size = script, vocab_size
+
+    def init_state(self, features: Features):
+        return {"t": torch.zeros(features.pooled.shape[0], dtype=torch.long)}
+
+    def step(self, last_tokens, state):
+        t = state["t"]
+        logits = torch.zeros(len(t), self.vocab_size)
+        for row, position in enumerate(t.tolist()):
+            word = self.script[position] if position < len(self.script) else Vocabulary.eos_id
+            logits[row, word] = 10.0
+        return logits, {"t": t + 1}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("no_repeat", [0, 2])
+def test_beam_size_one_equals_greedy(kind, no_repeat):
+    options = DecodingOptions(max_length=8, no_repeat_ngram_size=no_repeat)
+    for seed in range(3):
+        decoder = tiny_decoder(kind, seed=seed)
+        features = random_features(4, seed=seed)
+        greedy_tokens = [h[0].tokens for h in greedy(decoder, features, options)]
+        beam_tokens = [h[0].tokens for h in beam_search(decoder, features, beam_size=1, options=options)]
+        assert beam_tokens == greedy_tokens
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nbest_scores_sorted_and_distinct(kind):
+    decoder = tiny_decoder(kind, seed=3)
+    results = beam_search(decoder, random_features(3), beam_size=5, num_captions=5, options=DecodingOptions(max_length=8))
+    for hypotheses in results:
+        assert len(hypotheses) == 5
+        scores = [h.score for h in hypotheses]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in hypotheses}) == 5
+
+
+def test_decoding_stops_at_eos():
+    decoder = ScriptedDecoder([5, 6, 7])
+    features = random_features(2)
+    options = DecodingOptions(max_length=10, no_repeat_ngram_size=0)
+    assert [h[0].tokens for h in greedy(decoder, features, options)] == [[5, 6, 7]] * 2
+    assert [h[0].tokens for h in beam_search(decoder, features, beam_size=3, options=options)] == [[5, 6, 7]] * 2
+    assert [h[0].tokens for h in sample(decoder, features, options=options, generator=torch.Generator().manual_seed(0))] == [[5, 6, 7]] * 2
+
+
+def test_max_length_is_respected():
+    decoder = ScriptedDecoder([5, 6, 7, 8, 9, 10, 11] * 3)
+    options = DecodingOptions(max_length=4, no_repeat_ngram_size=0)
+    assert greedy(decoder, random_features(1), options)[0][0].tokens == [5, 6, 7, 8]
+    assert beam_search(decoder, random_features(1), beam_size=3, options=options)[0][0].tokens == [5, 6, 7, 8]
+
+
+def test_no_repeat_ngram_blocks_repeats():
+    decoder = ScriptedDecoder([5, 6, 5, 6, 5, 6])
+    tokens = greedy(decoder, random_features(1), DecodingOptions(max_length=10, no_repeat_ngram_size=2))[0][0].tokens
+    bigrams = list(zip(tokens, tokens[1:]))
+    assert len(bigrams) == len(set(bigrams))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_special_tokens_never_emitted(kind):
+    decoder = tiny_decoder(kind, seed=5)
+    for hypotheses in beam_search(decoder, random_features(3), beam_size=3, num_captions=3, options=DecodingOptions(max_length=8)):
+        for hypothesis in hypotheses:
+            assert not {Vocabulary.pad_id, Vocabulary.bos_id, Vocabulary.eos_id, Vocabulary.unk_id} & set(hypothesis.tokens)
+
+
+def test_sampling_is_repeatable_with_a_seed():
+    decoder = tiny_decoder("transformer", seed=1)
+    features = random_features(2)
+    first = sample(decoder, features, num_captions=3, temperature=1.5, generator=torch.Generator().manual_seed(7))
+    second = sample(decoder, features, num_captions=3, temperature=1.5, generator=torch.Generator().manual_seed(7))
+    assert [[h.tokens for h in group] for group in first] == [[h.tokens for h in group] for group in second]
+    for group in first:
+        assert [h.score for h in group] == sorted((h.score for h in group), reverse=True)

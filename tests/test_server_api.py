@@ -1,0 +1,354 @@
+"""The JSON API through FastAPI's TestClient, with the shipped model: captions, errors, limits, queue, privacy."""
+from __future__ import annotations
+
+import asyncio
+import builtins
+import inspect
+import io
+import logging
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starlette.formparsers
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from captioner.server import Settings, create_app, serve
+from captioner.server.app import MULTIPART_OVERHEAD, InferenceQueue
+from captioner.errors import CaptionerError
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def client():
+    torch.set_num_threads(1)
+    import os; settings = Settings(model_path=os.environ.get("DEV_MODEL"))  # DEV-ONLY
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> bytes:
+    return (EXAMPLES / "astronaut.jpg").read_bytes()
+
+
+def post_image(client, data: bytes, name: str = "photo.jpg", **options):
+    return client.post("/api/captions", files={"image": (name, data, "application/octet-stream")}, data={k: str(v) for k, v in options.items()})
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code
+    assert body["error"]["message"].strip()
+    return body["error"]
+
+
+def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A valid 1-bit PNG of width x height pixels that compresses to a few tens of kilobytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte, then 8 pixels a byte
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def encoded(image: Image.Image, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+# ---- answers ------------------------------------------------------------------------------
+
+def test_example_photo_gets_a_caption(client, astronaut):
+    response = post_image(client, astronaut)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["captions"]) == 1 and body["captions"][0]["text"].strip()
+    assert body["model"] == client.app.state.captioner.name
+    assert body["image"] == {"width": 512, "height": 512}
+    assert set(body["timing_ms"]) == {"decode", "encode", "generate", "total"}
+    assert all(value >= 0 for value in body["timing_ms"].values())
+    assert body["timing_ms"]["total"] >= body["timing_ms"]["encode"] + body["timing_ms"]["generate"]
+
+
+def test_n_best_list_is_sorted_and_matches_the_python_api(client):
+    data = (EXAMPLES / "chelsea.jpg").read_bytes()
+    body = post_image(client, data, beam_size=4, num_captions=3).json()
+    scores = [caption["score"] for caption in body["captions"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    expected = client.app.state.captioner.caption(data, beam_size=4, num_captions=3)
+    assert [c["text"] for c in body["captions"]] == [c.text for c in expected]
+
+
+def test_huge_photo_is_downscaled_and_reports_its_real_size(client):
+    gradient = np.linspace(0, 255, 5000, dtype=np.uint8)[None, :, None].repeat(3000, axis=0).repeat(3, axis=2)  # (H, W, 3)
+    response = post_image(client, encoded(Image.fromarray(gradient), "PNG"), "big.png")
+    assert response.status_code == 200, response.text
+    assert response.json()["image"] == {"width": 5000, "height": 3000}
+
+
+def test_exif_rotation_swaps_the_reported_size(client):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encoded(Image.new("RGB", (300, 200), (90, 140, 200)), "JPEG", exif=exif)
+    assert post_image(client, data).json()["image"] == {"width": 200, "height": 300}
+
+
+def test_model_info(client):
+    body = client.get("/api/model").json()
+    captioner = client.app.state.captioner
+    assert body["name"] == captioner.name
+    assert body["encoder"] == captioner.config["encoder"]
+    assert body["decoder"]["kind"] == captioner.decoder.config.kind
+    assert body["vocabulary_size"] == len(captioner.vocabulary)
+    assert body["metrics"] == captioner.metrics
+
+
+def test_health_and_limits(client):
+    assert client.get("/healthz").json() == {"status": "ok", "model_loaded": True, "model": client.app.state.captioner.name}
+    limits = client.get("/api/limits").json()
+    assert limits["max_upload_bytes"] == 10 * 1024 * 1024
+    assert limits["beam_size"] == {"minimum": 1, "maximum": 10, "default": 3}
+
+
+def test_page_and_docs_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert asset in page.text and client.get(asset).status_code == 200
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
+    assert client.get("/docs").status_code == 200
+    operation = client.get("/openapi.json").json()["paths"]["/api/captions"]["post"]
+    form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["properties"]["image"]["format"] == "binary" and form["required"] == ["image"]
+    assert {"200", "413", "415", "422", "503"} <= set(operation["responses"])
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+def test_upload_over_the_limit_is_413(client):
+    too_big = b"\xff\xd8" + b"\0" * (10 * 1024 * 1024)
+    assert_error(post_image(client, too_big), 413, "upload_too_large")
+
+
+def test_upload_without_content_length_is_413(client):
+    boundary = "limit-test"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'.encode()
+    chunks = (head if index == 0 else b"\0" * 65536 for index in range(200))  # ~13 MB, chunked
+    response = client.post("/api/captions", content=chunks, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert "content-length" not in response.request.headers
+    assert_error(response, 413, "upload_too_large")
+
+
+def raw_post(app, receive) -> list[dict]:
+    """POST /api/captions straight through ASGI, so a test controls how the body arrives."""
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/api/captions", "raw_path": b"/api/captions", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+IMAGE_PART_HEAD = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+
+
+def test_size_limit_is_enforced_while_reading(client):
+    """The server stops pulling the body soon after the limit, instead of reading all 65 MB offered."""
+    limit = client.app.state.settings.max_upload_bytes
+    chunk, pulled = b"\0" * 65536, 0
+
+    async def receive():
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": IMAGE_PART_HEAD if pulled == 1 else chunk, "more_body": pulled < 1000}
+
+    assert raw_post(client.app, receive)[0]["status"] == 413
+    assert (pulled - 2) * len(chunk) <= limit + MULTIPART_OVERHEAD
+
+
+def test_slow_upload_is_408(client):
+    """A client trickling its upload cannot hold a queue slot for long."""
+    app = create_app(Settings(upload_timeout=0.2))
+    app.state.captioner = client.app.state.captioner  # share the loaded model instead of a second lifespan
+    app.state.inference_queue = InferenceQueue(capacity=1, threads=1)
+    pulled = 0
+
+    async def receive():
+        nonlocal pulled
+        pulled += 1
+        if pulled > 1:
+            await asyncio.sleep(0.1)
+        return {"type": "http.request", "body": IMAGE_PART_HEAD if pulled == 1 else b"\0" * 100, "more_body": pulled < 100}
+
+    started = time.monotonic()
+    sent = raw_post(app, receive)
+    assert sent[0]["status"] == 408 and b"upload_timeout" in sent[1]["body"]
+    assert time.monotonic() - started < 2
+    assert app.state.inference_queue.admitted == 0  # the slot was given back
+    app.state.inference_queue.shutdown()
+
+
+def test_text_file_is_415(client):
+    assert_error(post_image(client, b"Dear diary, today I uploaded a text file.\n", "notes.txt"), 415, "unsupported_image")
+
+
+def test_non_multipart_request_is_415(client, astronaut):
+    response = client.post("/api/captions", content=astronaut, headers={"content-type": "image/jpeg"})
+    assert_error(response, 415, "unsupported_media_type")
+
+
+def test_truncated_jpeg_is_422(client, astronaut):
+    error = assert_error(post_image(client, astronaut[: len(astronaut) // 2]), 422, "invalid_image")
+    assert "truncated" in error["message"]
+
+
+def test_empty_file_is_422(client):
+    assert_error(post_image(client, b""), 422, "invalid_image")
+
+
+def test_decompression_bomb_is_refused(client):
+    bomb = png_bomb()
+    assert len(bomb) < 200_000
+    error = assert_error(post_image(client, bomb, "bomb.png"), 422, "image_too_large")
+    assert "megapixel" in error["message"]
+
+
+@pytest.mark.parametrize("options", [
+    {"beam_size": 0}, {"beam_size": 11}, {"beam_size": "three"}, {"num_captions": 6},
+    {"beam_size": 2, "num_captions": 3}, {"beam_size": "9" * 100}, {"beam": 3},
+])
+def test_bad_options_are_422(client, astronaut, options):
+    assert_error(post_image(client, astronaut, **options), 422, "invalid_options")
+
+
+def test_missing_image_is_422(client):
+    response = client.post("/api/captions", files={"beam_size": (None, "3")})
+    assert_error(response, 422, "missing_image")
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"no boundary here", "multipart/form-data"),
+    (b"garbage", "multipart/form-data; boundary=xyz"),
+    (b'--xyz\r\nContent-Disposition: form-data; name="image"\r\n\r\nabc', "multipart/form-data; boundary=xyz"),
+])
+def test_malformed_multipart_is_400_not_500(client, body, content_type):
+    response = client.post("/api/captions", content=body, headers={"content-type": content_type})
+    assert_error(response, 400, "malformed_request")
+
+
+def test_unknown_routes_and_methods_answer_json(client):
+    assert_error(client.get("/nowhere"), 404, "not_found")
+    assert_error(client.get("/api/captions"), 405, "method_not_allowed")
+
+
+# ---- load and safety ----------------------------------------------------------------------
+
+def test_full_queue_is_a_quick_503(client, astronaut):
+    queue = client.app.state.inference_queue
+    held = 0
+    try:
+        while queue.try_admit():  # hold every slot, as a burst of slow requests would
+            held += 1
+        assert held == client.app.state.settings.queue_size
+        response = post_image(client, astronaut)
+        assert_error(response, 503, "queue_full")
+        assert response.headers["retry-after"] == "1"
+    finally:
+        for _ in range(held):
+            queue.leave()
+    assert post_image(client, astronaut).status_code == 200
+
+
+def test_concurrent_requests_are_safe(client):
+    photos = {name: (EXAMPLES / name).read_bytes() for name in ("rocket.jpg", "coffee.jpg")}
+    expected = {name: post_image(client, data).json()["captions"] for name, data in photos.items()}
+    results: list[tuple[str, object]] = []
+
+    def worker(name: str) -> None:
+        response = post_image(client, photos[name])
+        results.append((name, response.json()["captions"] if response.status_code == 200 else response.status_code))
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in list(photos) * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(results, key=str) == sorted(((name, expected[name]) for name in list(photos) * 2), key=str)
+
+
+def test_uploads_never_touch_disk_nor_logs(client, monkeypatch, caplog):
+    """A > 1 MB upload (where multipart parsers usually spool to a temporary file) stays in memory."""
+    noise = np.random.default_rng(0).integers(0, 256, (800, 800, 3), dtype=np.uint8)
+    data = encoded(Image.fromarray(noise), "PNG")
+    assert len(data) > 1024 * 1024
+    writes = []
+    real_open = builtins.open
+
+    def watching_open(file, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+"):
+            writes.append(str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an upload must never be written to a temporary file")
+
+    monkeypatch.setattr(builtins, "open", watching_open)
+    for name in ("SpooledTemporaryFile", "TemporaryFile", "NamedTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", refuse)  # what request.form() would use
+    caplog.set_level(logging.DEBUG)
+    response = post_image(client, data, "secret-holiday.png")
+    assert response.status_code == 200, response.text
+    assert writes == []
+    assert "secret-holiday" not in caplog.text
+
+
+# ---- start-up -----------------------------------------------------------------------------
+
+def test_broken_model_fails_at_startup(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    for folder in (tmp_path / "missing", tmp_path):
+        with pytest.raises(CaptionerError, match="cannot load the model"):
+            with TestClient(create_app(Settings(model_path=folder))):
+                pass
+
+
+def test_cli_reports_a_missing_model_in_one_line(tmp_path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "captioner", "--threads", "1", "serve", "--port", str(port), "--model", str(tmp_path / "nope")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("captioner: error: cannot load the model")
+
+
+def test_serve_binds_to_loopback_by_default():
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
