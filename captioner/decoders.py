@@ -22,6 +22,11 @@ from .errors import CheckpointError
 State = dict[str, torch.Tensor]
 
 
+def unknown_keys(config_class, data: dict) -> list[str]:
+    """Keys of `data` that are not fields of the dataclass `config_class`."""
+    return sorted(set(data) - {field.name for field in fields(config_class)})
+
+
 class Features(NamedTuple):
     """Encoder output for a batch: the spatial grid (B, G, C) and the pooled vector (B, C)."""
 
@@ -50,10 +55,9 @@ class DecoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DecoderConfig":
-        known = {field.name for field in fields(cls)}
-        unknown = set(data) - known
+        unknown = unknown_keys(cls, data)
         if unknown:
-            raise CheckpointError(f"decoder config has unknown keys {sorted(unknown)}; the checkpoint is from another version")
+            raise CheckpointError(f"decoder config has unknown keys {unknown}; the checkpoint is from another version")
         return cls(**data)
 
 
@@ -199,15 +203,44 @@ class TransformerDecoder(nn.Module):
     def forward(self, features: Features, tokens: torch.Tensor) -> torch.Tensor:
         return self._decode(self._memory(features), tokens)
 
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        return x.view(batch, length, self.config.num_heads, width // self.config.num_heads).transpose(1, 2)  # (B, H, L, d)
+
     def init_state(self, features: Features) -> State:
-        memory = self._memory(features)
-        return {"memory": memory, "tokens": memory.new_zeros(memory.shape[0], 0, dtype=torch.long)}
+        """Cross-attention keys and values are computed once per image; self-attention ones grow
+        by one position per step (a key/value cache), so each step costs one token, not the prefix."""
+        memory = self._memory(features)  # (B, M, D)
+        width = self.config.embed_dim
+        state = {"position": torch.zeros(memory.shape[0], dtype=torch.long, device=memory.device)}
+        for index, layer in enumerate(self.layers.layers):
+            attention = layer.multihead_attn
+            keys = F.linear(memory, attention.in_proj_weight[width : 2 * width], attention.in_proj_bias[width : 2 * width])
+            values = F.linear(memory, attention.in_proj_weight[2 * width :], attention.in_proj_bias[2 * width :])
+            state[f"cross_keys{index}"], state[f"cross_values{index}"] = self._heads(keys), self._heads(values)  # (B, H, M, d)
+            empty = memory.new_zeros(memory.shape[0], self.config.num_heads, 0, width // self.config.num_heads)
+            state[f"self_keys{index}"], state[f"self_values{index}"] = empty, empty
+        return state
 
     def step(self, last_tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        # The prefix is re-decoded each step; captions are short (~12 words), so this stays cheap.
-        tokens = torch.cat([state["tokens"], last_tokens[:, None]], dim=1)  # (B, t)
-        logits = self._decode(state["memory"], tokens)[:, -1]  # (B, V)
-        return logits, {"memory": state["memory"], "tokens": tokens}
+        width = self.config.embed_dim
+        x = self.embedding(last_tokens)[:, None, :] * math.sqrt(width) + self.position(state["position"])[:, None, :]  # (B, 1, D)
+        new_state = {"position": state["position"] + 1}
+        for index, layer in enumerate(self.layers.layers):
+            query, key, value = F.linear(layer.norm1(x), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, dim=-1)
+            keys = torch.cat([state[f"self_keys{index}"], self._heads(key)], dim=2)  # (B, H, t, d)
+            values = torch.cat([state[f"self_values{index}"], self._heads(value)], dim=2)
+            new_state[f"self_keys{index}"], new_state[f"self_values{index}"] = keys, values
+            attended = F.scaled_dot_product_attention(self._heads(query), keys, values)  # (B, H, 1, d)
+            x = x + layer.self_attn.out_proj(attended.transpose(1, 2).reshape(x.shape))
+            cross = layer.multihead_attn
+            query = F.linear(layer.norm2(x), cross.in_proj_weight[:width], cross.in_proj_bias[:width])
+            cross_keys, cross_values = state[f"cross_keys{index}"], state[f"cross_values{index}"]
+            new_state[f"cross_keys{index}"], new_state[f"cross_values{index}"] = cross_keys, cross_values
+            attended = F.scaled_dot_product_attention(self._heads(query), cross_keys, cross_values)
+            x = x + cross.out_proj(attended.transpose(1, 2).reshape(x.shape))
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+        return self.output(self.layers.norm(x))[:, 0], new_state  # (B, V)
 
 
 DECODERS = {"merge": MergeDecoder, "attention": AttentionDecoder, "transformer": TransformerDecoder}

@@ -64,32 +64,40 @@ def _reorder(state: State, indices: torch.Tensor) -> State:
     return {key: value.index_select(0, indices) for key, value in state.items()}
 
 
+def _one_path_per_row(decoder, features: Features, copies: int, options: DecodingOptions, choose) -> list[Hypothesis]:
+    """Extend `copies` captions per image one token at a time, each taking `choose(log_probs)`;
+    returns batch * copies hypotheses, image-major."""
+    batch = features.pooled.shape[0]
+    state = _reorder(decoder.init_state(features), torch.arange(batch, device=features.pooled.device).repeat_interleave(copies))
+    rows = batch * copies
+    last = torch.full((rows,), Vocabulary.bos_id, dtype=torch.long, device=features.pooled.device)
+    prefixes: list[list[int]] = [[] for _ in range(rows)]
+    sums = [0.0] * rows
+    finished = [False] * rows
+    for step in range(options.max_length + 1):
+        logits, state = decoder.step(last, state)
+        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options)  # (rows, V)
+        choice = choose(log_probs)  # (rows,)
+        chosen_log_probs = log_probs.gather(1, choice[:, None]).squeeze(1).tolist()
+        for row, token in enumerate(choice.tolist()):
+            if finished[row]:
+                continue
+            sums[row] += chosen_log_probs[row]
+            if token == Vocabulary.eos_id:
+                finished[row] = True
+            else:
+                prefixes[row].append(token)
+        if all(finished):
+            break
+        last = choice
+    return [Hypothesis(prefix, normalised_score(total, len(prefix) + 1, options.length_penalty)) for prefix, total in zip(prefixes, sums)]
+
+
 @torch.inference_mode()
 def greedy(decoder, features: Features, options: DecodingOptions = DecodingOptions()) -> list[list[Hypothesis]]:
     """The most likely word at every step."""
     options = _fit_to(decoder, options)
-    batch = features.pooled.shape[0]
-    state = decoder.init_state(features)
-    last = torch.full((batch,), Vocabulary.bos_id, dtype=torch.long, device=features.pooled.device)
-    prefixes: list[list[int]] = [[] for _ in range(batch)]
-    log_prob_sums = [0.0] * batch
-    finished = [False] * batch
-    for step in range(options.max_length + 1):
-        logits, state = decoder.step(last, state)
-        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options)
-        best_log_probs, best = log_probs.max(dim=-1)
-        for row in range(batch):
-            if finished[row]:
-                continue
-            log_prob_sums[row] += float(best_log_probs[row])
-            if int(best[row]) == Vocabulary.eos_id:
-                finished[row] = True
-            else:
-                prefixes[row].append(int(best[row]))
-        if all(finished):
-            break
-        last = best
-    return [[Hypothesis(prefix, normalised_score(total, len(prefix) + 1, options.length_penalty))] for prefix, total in zip(prefixes, log_prob_sums)]
+    return [[hypothesis] for hypothesis in _one_path_per_row(decoder, features, 1, options, lambda log_probs: log_probs.argmax(dim=-1))]
 
 
 @torch.inference_mode()
@@ -158,35 +166,13 @@ def sample(
 ) -> list[list[Hypothesis]]:
     """Nucleus sampling: `num_captions` independent samples per image, sorted by score."""
     options = _fit_to(decoder, options)
-    batch = features.pooled.shape[0]
-    state = _reorder(decoder.init_state(features), torch.arange(batch, device=features.pooled.device).repeat_interleave(num_captions))
-    rows = batch * num_captions
-    last = torch.full((rows,), Vocabulary.bos_id, dtype=torch.long, device=features.pooled.device)
-    prefixes: list[list[int]] = [[] for _ in range(rows)]
-    sums = [0.0] * rows
-    finished = [False] * rows
-    for step in range(options.max_length + 1):
-        logits, state = decoder.step(last, state)
-        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options)
+
+    def choose(log_probs: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(log_probs / max(temperature, 1e-5), dim=-1)
         sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
-        sorted_probs[outside] = 0.0
-        choice = order.gather(1, torch.multinomial(sorted_probs, 1, generator=generator)).squeeze(1)  # (rows,)
-        chosen_log_probs = log_probs.gather(1, choice[:, None]).squeeze(1)
-        for row in range(rows):
-            if finished[row]:
-                continue
-            sums[row] += float(chosen_log_probs[row])
-            if int(choice[row]) == Vocabulary.eos_id:
-                finished[row] = True
-            else:
-                prefixes[row].append(int(choice[row]))
-        if all(finished):
-            break
-        last = choice
-    results = []
-    for b in range(batch):
-        group = [Hypothesis(prefixes[r], normalised_score(sums[r], len(prefixes[r]) + 1, options.length_penalty)) for r in range(b * num_captions, (b + 1) * num_captions)]
-        results.append(sorted(group, key=lambda h: h.score, reverse=True))
-    return results
+        sorted_probs[sorted_probs.cumsum(dim=-1) - sorted_probs > top_p] = 0.0  # keep the smallest set reaching top_p
+        return order.gather(1, torch.multinomial(sorted_probs, 1, generator=generator)).squeeze(1)
+
+    hypotheses = _one_path_per_row(decoder, features, num_captions, options, choose)
+    groups = [hypotheses[start : start + num_captions] for start in range(0, len(hypotheses), num_captions)]
+    return [sorted(group, key=lambda h: h.score, reverse=True) for group in groups]

@@ -12,7 +12,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .checkpoint import atomic_save_tensors, atomic_write_json, save_model
 from .datasets import CaptionDataset, load_dataset
-from .decoders import DecoderConfig, Features, caption_loss, create_decoder
+from .decoders import DecoderConfig, Features, caption_loss, create_decoder, unknown_keys
 from .decoding import DecodingOptions, beam_search, greedy
 from .encoders import create_encoder
 from .errors import CaptionerError
@@ -61,17 +61,13 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise CaptionerError(f"unknown training config keys: {', '.join(sorted(unknown))}")
         data = dict(data)
-        if isinstance(data.get("decoder"), dict):
-            decoder_keys = {f.name for f in fields(DecoderConfig)}
-            bad = set(data["decoder"]) - decoder_keys
-            if bad:
-                raise CaptionerError(f"unknown decoder config keys: {', '.join(sorted(bad))}")
-            data["decoder"] = DecoderConfig(**data["decoder"])
+        decoder = data.get("decoder", {})
+        unknown = unknown_keys(cls, data) + [f"decoder.{key}" for key in unknown_keys(DecoderConfig, decoder if isinstance(decoder, dict) else {})]
+        if unknown:
+            raise CaptionerError(f"unknown training config keys: {', '.join(unknown)}")
+        if isinstance(decoder, dict):
+            data["decoder"] = DecoderConfig(**decoder)
         return cls(**data)
 
 
