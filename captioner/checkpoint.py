@@ -27,6 +27,18 @@ FORMAT_VERSION = 1
 WEIGHTS, CONFIG, VOCABULARY, METRICS = "model.safetensors", "config.json", "vocabulary.json", "metrics.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(temporary: str, path: Path) -> None:
+    """Give the temporary file normal permissions (mkstemp makes it private), then rename it into place."""
+    os.chmod(temporary, 0o666 & ~_umask())
+    os.replace(temporary, path)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -35,7 +47,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
+        _publish(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -52,7 +64,7 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
+        _publish(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)

@@ -120,11 +120,12 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 def command_features(args: argparse.Namespace) -> int:
     from .datasets import SPLITS, load_dataset
-    from .training import feature_cache
+    from .features import feature_cache
 
     dataset = load_dataset(args.dataset, args.images)
     started = time.time()
-    cache = feature_cache(dataset, args.encoder, args.cache, tuple(args.splits or SPLITS), flip=args.flip)
+    splits = set(args.splits or SPLITS)
+    cache = feature_cache(dataset, args.encoder, args.cache, [r.image for r in dataset.records if r.split in splits], flip=args.flip)
     print(f"features of {len(cache.keys)} images in {cache.folder} ({time.time() - started:.0f} s)")
     return 0
 

@@ -58,7 +58,8 @@ def evaluate_model(
     from .api import Captioner
     from .checkpoint import METRICS as METRICS_FILE, atomic_write_json
     from .datasets import load_dataset
-    from .training import decode_split, feature_cache
+    from .features import feature_cache
+    from .training import decode_split
 
     captioner = Captioner.load(model) if model else Captioner.from_pretrained()
     if length_penalty is not None:
@@ -72,8 +73,8 @@ def evaluate_model(
     out = Path(output) if output else Path("runs") / "eval" / f"{captioner.name}-{dataset.name}-{split}"
     if out.exists() and any(out.iterdir()) and not force:
         raise CaptionerError(f"{out} already exists; pass --force to overwrite it or --output for another folder")
-    cache_store = feature_cache(dataset, captioner.config["encoder"], cache, (split,), encoder=captioner.encoder)
     keys = [record.image for record in records]
+    cache_store = feature_cache(dataset, captioner.config["encoder"], cache, keys, encoder=captioner.encoder, progress=progress)
     references = {record.image: record.captions for record in records}
     results, captions = {}, {key: {"references": references[key]} for key in keys}
     for beam_size in beam_sizes:

@@ -9,6 +9,7 @@ With `flip=True` rows hold features of the mirrored photo (a cheap training augm
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .encoders import ImageEncoder
+from .datasets import CaptionDataset
+from .encoders import ImageEncoder, create_encoder
 from .errors import CaptionerError, ImageError
 from .images import load_image
 
@@ -128,3 +130,22 @@ class FeatureCache:
         grid.flush(); pooled.flush(); done.flush()
         bar.close()
         return cls(folder)
+
+
+def feature_cache(dataset: CaptionDataset, encoder_name: str, cache_root: str | Path, images: list[str], flip: bool = False, encoder=None, progress: bool = True) -> FeatureCache:
+    """The dataset's feature cache for one encoder (one folder per dataset), filled for `images`."""
+    keys = [record.image for record in dataset.records]
+    digest = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:10]
+    folder = Path(cache_root) / f"{dataset.name}-{encoder_name}-{digest}{'-flip' if flip else ''}"
+    wanted = set(images)
+    rows = [row for row, key in enumerate(keys) if key in wanted]
+    if (folder / "index.json").is_file():
+        cache = FeatureCache(folder)
+        if cache.done[rows].all():
+            return cache
+    encoder = encoder or create_encoder(encoder_name)
+    paths = [dataset.image_path(record) for record in dataset.records]
+    missing = [str(paths[row]) for row in rows[:50] if not paths[row].is_file()]
+    if missing:
+        raise CaptionerError(f"image {missing[0]} not found; pass the folder holding the photos with --images")
+    return FeatureCache.build(folder, encoder, keys, paths, flip=flip, rows=rows, progress=progress)

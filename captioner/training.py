@@ -6,7 +6,6 @@ The trainer only needs a decoder with `forward(features, tokens)`; it never runs
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -26,7 +25,7 @@ from .decoding import DecodingOptions, beam_search, greedy
 from .encoders import create_encoder
 from .errors import CaptionerError
 from .evaluation import score_captions
-from .features import FeatureCache
+from .features import FeatureCache, feature_cache
 from .vocabulary import Vocabulary, tokenize
 
 
@@ -73,24 +72,6 @@ class TrainingConfig:
 
 def resolve_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def feature_cache(dataset: CaptionDataset, encoder_name: str, cache_root: str | Path, splits: tuple[str, ...], flip: bool = False, encoder=None) -> FeatureCache:
-    """The dataset's feature cache for one encoder, filled for the images of `splits`."""
-    keys = [record.image for record in dataset.records]
-    digest = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:10]
-    folder = Path(cache_root) / f"{dataset.name}-{encoder_name}-{digest}{'-flip' if flip else ''}"
-    rows = [row for row, record in enumerate(dataset.records) if record.split in splits]
-    if (folder / "index.json").is_file():
-        cache = FeatureCache(folder)
-        if cache.done[rows].all():
-            return cache
-    encoder = encoder or create_encoder(encoder_name)
-    paths = [dataset.image_path(record) for record in dataset.records]
-    missing = [str(paths[row]) for row in rows[:50] if not paths[row].is_file()]
-    if missing:
-        raise CaptionerError(f"image {missing[0]} not found; pass the folder holding the photos with --images")
-    return FeatureCache.build(folder, encoder, keys, paths, flip=flip, rows=rows)
 
 
 def batch_features(cache: FeatureCache, rows: np.ndarray, device: torch.device) -> Features:
@@ -226,8 +207,9 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
 
     encoder = create_encoder(config.encoder)
     decoder_config.feature_dim, decoder_config.grid_size = encoder.feature_dim, encoder.grid_size**2
-    cache = feature_cache(dataset, config.encoder, config.cache, ("train", "dev"), encoder=encoder)
-    flip_cache = feature_cache(dataset, config.encoder, config.cache, ("train",), flip=True, encoder=encoder) if config.flip_augment else None
+    train_keys = [record.image for record in train_records]
+    cache = feature_cache(dataset, config.encoder, config.cache, train_keys + [r.image for r in dev_records], encoder=encoder, progress=progress)
+    flip_cache = feature_cache(dataset, config.encoder, config.cache, train_keys, flip=True, encoder=encoder, progress=progress) if config.flip_augment else None
     preprocess = encoder.preprocess_config.to_dict()
     del encoder
 

@@ -6,7 +6,6 @@ Screenshots go to a temporary folder and are also copied to /tmp/screenshots/.
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 import socket
 import subprocess
@@ -39,7 +38,6 @@ def server_url():
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "captioner", "--threads", "1", "serve", "--port", str(port)]
-    if os.environ.get("DEV_MODEL"): command += ["--model", os.environ["DEV_MODEL"]]  # DEV-ONLY
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180

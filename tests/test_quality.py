@@ -9,8 +9,8 @@ from captioner.api import pretrained_path
 from captioner.evaluation import evaluate_model
 from conftest import FLICKR8K, needs_flickr8k
 
-BLEU4_FLOOR = BLEU4_FLOOR_VALUE
-CIDER_FLOOR = CIDER_FLOOR_VALUE
+BLEU4_FLOOR = 0.19
+CIDER_FLOOR = 0.50
 
 
 @needs_flickr8k

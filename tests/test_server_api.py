@@ -23,9 +23,9 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from captioner.errors import CaptionerError
 from captioner.server import Settings, create_app, serve
 from captioner.server.app import MULTIPART_OVERHEAD, InferenceQueue
-from captioner.errors import CaptionerError
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
@@ -33,8 +33,7 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 @pytest.fixture(scope="module")
 def client():
     torch.set_num_threads(1)
-    import os; settings = Settings(model_path=os.environ.get("DEV_MODEL"))  # DEV-ONLY
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(Settings())) as client:  # the shipped model
         yield client
 
 
@@ -281,6 +280,27 @@ def test_full_queue_is_a_quick_503(client, astronaut):
         for _ in range(held):
             queue.leave()
     assert post_image(client, astronaut).status_code == 200
+
+
+def test_refusal_reads_the_small_upload_first(client):
+    """Answering before the upload is read could reset the connection and lose the 503."""
+    queue = client.app.state.inference_queue
+    pulled = 0
+
+    async def receive():
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": IMAGE_PART_HEAD if pulled == 1 else b"\0" * 1000, "more_body": pulled < 5}
+
+    held = 0
+    try:
+        while queue.try_admit():
+            held += 1
+        sent = raw_post(client.app, receive)
+    finally:
+        for _ in range(held):
+            queue.leave()
+    assert sent[0]["status"] == 503 and pulled == 5
 
 
 def test_concurrent_requests_are_safe(client):

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..api import Captioner
 from ..errors import CaptionerError, ImageError
@@ -242,6 +243,26 @@ async def read_caption_form(request: Request, max_upload_bytes: int) -> tuple[by
     return bytes(image), options
 
 
+async def discard_body(request: Request, max_bytes: int, timeout: float) -> None:
+    """Read and drop what is left of the body (bounded in bytes and time) before an early error.
+
+    A server that answers and closes while upload bytes are still unread makes the kernel reset
+    the connection, and the reset can overtake the answer: the client would see a network error
+    instead of, say, the 503. Draining also lets the connection be reused.
+    """
+    async def drain() -> None:
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                return
+
+    try:
+        await asyncio.wait_for(drain(), timeout)
+    except (asyncio.TimeoutError, ClientDisconnect, RuntimeError):  # RuntimeError: the body was already read
+        pass
+
+
 def _describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
@@ -330,12 +351,17 @@ async def create_caption(request: Request, captioner: CaptionerDependency, queue
     The upload is held in memory only, never written to disk or logged.
     """
     started = time.perf_counter()
-    with queue.slot():  # before reading the body, so a full queue also bounds the memory held in uploads
-        try:
-            data, options = await asyncio.wait_for(read_caption_form(request, settings.max_upload_bytes), settings.upload_timeout)
-        except asyncio.TimeoutError:
-            raise ApiError(408, "upload_timeout", f"The upload took longer than {settings.upload_timeout:g} s; check the connection and try again.") from None
-        captions, size, timings = await queue.run(caption_photo, captioner, data, options, settings.max_pixels)
+    try:
+        with queue.slot():  # before reading the body, so a full queue also bounds the memory held in uploads
+            try:
+                data, options = await asyncio.wait_for(read_caption_form(request, settings.max_upload_bytes), settings.upload_timeout)
+            except asyncio.TimeoutError:
+                raise ApiError(408, "upload_timeout", f"The upload took longer than {settings.upload_timeout:g} s; check the connection and try again.") from None
+            captions, size, timings = await queue.run(caption_photo, captioner, data, options, settings.max_pixels)
+    except ApiError as error:
+        if error.status not in (408, 413):  # those two are about the body itself: never wait for more of it
+            await discard_body(request, settings.max_upload_bytes + MULTIPART_OVERHEAD, timeout=2.0)
+        raise
     timings["total"] = round((time.perf_counter() - started) * 1000, 1)
     return schemas.CaptionResponse(captions=captions, model=captioner.name, image=size, timing_ms=schemas.Timings(**timings))
 
