@@ -100,7 +100,7 @@ def open_image(source: bytes | str | os.PathLike, name: str = "image") -> Image.
                 image.draft("RGB", DRAFT_SIZE)
             image.seek(0)  # first frame of a GIF or multi-page TIFF
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # no extra full-size copy
             return _to_rgb(image)
     except ImageError:
         raise

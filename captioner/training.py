@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import atomic_save_tensors, atomic_write_json, save_model
-from .datasets import CaptionDataset, load_dataset
+from .checkpoint import atomic_save_tensors, atomic_write_json, load_model, save_model
+from .cider import CiderD
+from .datasets import load_dataset
 from .decoders import DecoderConfig, Features, caption_loss, create_decoder, unknown_keys
-from .decoding import DecodingOptions, beam_search, greedy
+from .decoding import DecodingOptions, beam_search, greedy, sample
 from .encoders import create_encoder
 from .errors import CaptionerError
 from .evaluation import score_captions
@@ -54,6 +55,9 @@ class TrainingConfig:
     seed: int = 0
     bf16: bool = True
     dev_beam_size: int = 1  # beam for the per-epoch dev score (1 = greedy, fastest)
+    init_from: str = ""  # a model folder to start from (its vocabulary and decoder shape are kept)
+    self_critical: bool = False  # train on CIDEr-D rewards of sampled captions instead of cross-entropy
+    samples_per_image: int = 5  # self-critical: captions sampled per image (the others' mean is the baseline)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,6 +139,25 @@ def decode_split(decoder, cache: FeatureCache, keys: list[str], device: torch.de
     return results
 
 
+def self_critical_loss(decoder, features: Features, keys: list[str], reward: CiderD, vocabulary: Vocabulary, samples_per_image: int, max_length: int, autocast) -> tuple[torch.Tensor, float]:
+    """Self-critical sequence training (Rennie et al. 2017) with the mean of the other samples as
+    baseline: raise the log-probability of sampled captions that beat their siblings' CIDEr-D."""
+    options = DecodingOptions(max_length=max_length, no_repeat_ngram_size=0)
+    groups = sample(decoder, features, num_captions=samples_per_image, temperature=1.0, top_p=1.0, options=options)
+    sequences = [hypothesis.tokens for group in groups for hypothesis in group]
+    rewards = torch.tensor([[reward.score(key, vocabulary.decode(h.tokens).split()) for h in group] for key, group in zip(keys, groups)])  # (B, K)
+    baseline = (rewards.sum(dim=1, keepdim=True) - rewards) / (samples_per_image - 1)
+    advantage = (rewards - baseline).flatten().to(features.pooled.device)  # (B*K,)
+    inputs, targets = pad_batch(sequences, vocabulary)
+    inputs, targets = inputs.to(features.pooled.device), targets.to(features.pooled.device)
+    repeated = Features(features.grid.repeat_interleave(samples_per_image, dim=0), features.pooled.repeat_interleave(samples_per_image, dim=0))
+    with autocast:
+        logits = decoder(repeated, inputs)  # (B*K, T, V)
+    token_log_probs = torch.log_softmax(logits.float(), dim=-1).gather(2, targets[..., None]).squeeze(2)  # (B*K, T)
+    sequence_log_probs = (token_log_probs * (targets != vocabulary.pad_id)).sum(dim=1)
+    return -(advantage * sequence_log_probs).mean(), rewards.mean().item()
+
+
 def plot_history(history: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -200,10 +223,17 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
     train_records, dev_records = dataset.split("train"), dataset.split("dev")
     if not train_records or not dev_records:
         raise CaptionerError(f"{config.dataset}: needs images in both the train and the dev split (found {len(train_records)} and {len(dev_records)})")
-    vocabulary = Vocabulary.build((c for r in train_records for c in r.captions), config.min_count)
-    lengths = sorted(len(tokenize(c)) for r in train_records for c in r.captions)
-    max_length = max(1, lengths[int(0.99 * (len(lengths) - 1))])
-    decoder_config = DecoderConfig(**{**config.decoder.to_dict(), "vocab_size": len(vocabulary), "max_length": max_length})
+    initial = None
+    if config.init_from:
+        initial, vocabulary, initial_config = load_model(config.init_from, device)
+        if initial_config["encoder"] != config.encoder:
+            raise CaptionerError(f"{config.init_from} was trained on {initial_config['encoder']} features, not {config.encoder}; set encoder to match")
+        decoder_config, max_length = initial.config, initial.config.max_length
+    else:
+        vocabulary = Vocabulary.build((c for r in train_records for c in r.captions), config.min_count)
+        lengths = sorted(len(tokenize(c)) for r in train_records for c in r.captions)
+        max_length = max(1, lengths[int(0.99 * (len(lengths) - 1))])
+        decoder_config = DecoderConfig(**{**config.decoder.to_dict(), "vocab_size": len(vocabulary), "max_length": max_length})
 
     encoder = create_encoder(config.encoder)
     decoder_config.feature_dim, decoder_config.grid_size = encoder.feature_dim, encoder.grid_size**2
@@ -218,9 +248,20 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
     dev_keys = [record.image for record in dev_records]
     dev_references = {record.image: record.captions for record in dev_records}
 
-    decoder = create_decoder(decoder_config).to(device)
+    decoder = initial if initial is not None else create_decoder(decoder_config).to(device)
     optimizer = make_optimizer(decoder, config)
-    steps_per_epoch = len(length_bucketed_batches(lengths_of_samples, config.batch_size, np.random.default_rng(0)))
+    if config.self_critical:
+        reward = CiderD({record.image: [tokenize(c) for c in record.captions] for record in train_records})
+        train_rows = cache.rows(train_keys)
+        images_per_batch = max(1, config.batch_size // config.samples_per_image)
+
+        def plan(rng: np.random.Generator) -> list[np.ndarray]:
+            order = rng.permutation(len(train_records))
+            return [order[i : i + images_per_batch] for i in range(0, len(order), images_per_batch)]
+    else:
+        def plan(rng: np.random.Generator) -> list[np.ndarray]:
+            return length_bucketed_batches(lengths_of_samples, config.batch_size, rng)
+    steps_per_epoch = len(plan(np.random.default_rng(0)))
     total_steps = steps_per_epoch * config.epochs
     model_config = {
         "name": config.name or f"{dataset.name}-{decoder_config.kind}-{config.encoder}",
@@ -235,8 +276,6 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
     history: list[dict] = []
     start_epoch, step, best_cider, bad_epochs = 1, 0, -1.0, 0
     if resume:
-        from .checkpoint import load_model
-
         loaded, _, _ = load_model(output / "last", device)
         decoder.load_state_dict(loaded.state_dict())
         state = _load_training_state(output / "last", optimizer)
@@ -249,37 +288,44 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
         if bad_epochs >= config.patience:
             break
         started = time.time()
-        decoder.train()
-        batches = length_bucketed_batches(lengths_of_samples, config.batch_size, np.random.default_rng(config.seed + epoch))
+        decoder.train(not config.self_critical)  # self-critical samples and scores without dropout
+        batches = plan(np.random.default_rng(config.seed + epoch))
         flips = np.random.default_rng(config.seed + 1000 + epoch).random(len(samples)) < 0.5
-        total_loss, count = 0.0, 0
+        total_loss, total_reward, count = 0.0, 0.0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress, leave=False)
         for batch_number in bar:
             indices = batches[batch_number]
-            rows = np.array([samples[i][0] for i in indices])
+            rows = train_rows[indices] if config.self_critical else np.array([samples[i][0] for i in indices])
             features = batch_features(cache, rows, device)
             if flip_cache is not None and flips[indices].any():
                 flipped = batch_features(flip_cache, rows, device)
                 use_flip = torch.from_numpy(flips[indices]).to(device)
                 features = Features(torch.where(use_flip[:, None, None], flipped.grid, features.grid), torch.where(use_flip[:, None], flipped.pooled, features.pooled))
-            inputs, targets = pad_batch([samples[i][1] for i in indices], vocabulary)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(step, total_steps, config)
-            with autocast:
-                logits = decoder(features, inputs.to(device))  # (B, T, V)
-            loss = caption_loss(logits.float(), targets.to(device), config.label_smoothing)
+            if config.self_critical:
+                keys = [train_keys[i] for i in indices]
+                loss, mean_reward = self_critical_loss(decoder, features, keys, reward, vocabulary, config.samples_per_image, max_length, autocast)
+                total_reward += mean_reward
+            else:
+                inputs, targets = pad_batch([samples[i][1] for i in indices], vocabulary)
+                with autocast:
+                    logits = decoder(features, inputs.to(device))  # (B, T, V)
+                loss = caption_loss(logits.float(), targets.to(device), config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(decoder.parameters(), config.grad_clip)
             optimizer.step()
             step += 1
             total_loss, count = total_loss + loss.item(), count + 1
-            bar.set_postfix(loss=f"{total_loss / count:.3f}")
+            bar.set_postfix(loss=f"{total_loss / count:.3f}", **({"reward": f"{total_reward / count:.3f}"} if config.self_critical else {}))
         bar.close()
         train_seconds = time.time() - started
         hypotheses = decode_split(decoder, cache, dev_keys, device, config.dev_beam_size, options)
         scores = score_captions(dev_references, {key: vocabulary.decode(tokens) for key, tokens in zip(dev_keys, hypotheses)}, metrics=("BLEU-4", "CIDEr"))
         entry = {"epoch": epoch, "train_loss": total_loss / count, "dev_bleu4": scores["BLEU-4"], "dev_cider": scores["CIDEr"], "learning_rate": optimizer.param_groups[0]["lr"], "train_seconds": round(train_seconds, 1), "seconds": round(time.time() - started, 1)}
+        if config.self_critical:
+            entry["train_reward"] = total_reward / count
         history.append(entry)
         improved = entry["dev_cider"] > best_cider
         if improved:

@@ -133,7 +133,10 @@ def test_page_and_docs_are_served(client):
     for asset in ("/static/app.js", "/static/style.css"):
         assert asset in page.text and client.get(asset).status_code == 200
     assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # Swagger UI served offline
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
+        assert asset in docs.text and client.get(asset).status_code == 200
     operation = client.get("/openapi.json").json()["paths"]["/api/captions"]["post"]
     form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["properties"]["image"]["format"] == "binary" and form["required"] == ["image"]

@@ -36,3 +36,16 @@ def test_train_resume_and_load(tmp_path, capsys, decoder, example_photos):
     captioner = Captioner.load(output / "best")
     captions = captioner.caption(example_photos[:1], beam_size=2, num_captions=2)[0]
     assert len(captions) == 2 and captions[0].score >= captions[1].score
+
+
+@needs_flickr8k
+def test_self_critical_fine_tuning_from_a_model(tmp_path):
+    cache = tmp_path / "cache"
+    common = ["--threads", "1", "train", "--dataset", str(FLICKR8K), "--limit", "40", "--cache", str(cache), "--quiet", *TINY]
+    assert main([*common, "--output", str(tmp_path / "xe"), "--decoder", "transformer", "--epochs", "1"]) == 0
+    assert main([*common, "--output", str(tmp_path / "scst"), "--epochs", "1", "--set", f"init_from={tmp_path / 'xe' / 'best'}",
+                 "--set", "self_critical=true", "--set", "learning_rate=0.00001", "--set", "batch_size=20"]) == 0
+    history = json.loads((tmp_path / "scst" / "history.json").read_text())
+    assert history[0]["train_reward"] >= 0.0
+    tuned = Captioner.load(tmp_path / "scst" / "best")
+    assert tuned.vocabulary == Captioner.load(tmp_path / "xe" / "best").vocabulary

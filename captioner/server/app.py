@@ -461,7 +461,7 @@ async def lifespan(app: FastAPI):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app: JSON API under /api, health at /healthz, the page at /, docs at /docs."""
     app = FastAPI(
-        title="Captioner", version="1", lifespan=lifespan,
+        title="Captioner", version="1", lifespan=lifespan, docs_url=None,
         description="Upload a photo, get its caption. Uploads are processed in memory and never stored or logged.",
     )
     app.state.settings = settings or Settings()
@@ -469,5 +469,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.startup_error = None
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _install_offline_docs(app)
     _install_error_handlers(app)
     return app
+
+
+def _install_offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package, not a CDN, so it works offline."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title="Captioner API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg" if (STATIC / "favicon.svg").is_file() else "/docs-assets/favicon-32x32.png",
+        )
