@@ -209,6 +209,10 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
         raise CaptionerError(f"{output} already exists; pass --resume to continue that run or --force to start over (it will be deleted)")
     if resume and not (output / "last" / "training_state.json").is_file():
         raise CaptionerError(f"{output}: nothing to resume (no last/training_state.json); start a new run without --resume")
+    dataset = load_dataset(config.dataset, config.images).limit(config.limit)  # validate before writing anything
+    train_records, dev_records = dataset.split("train"), dataset.split("dev")
+    if not train_records or not dev_records:
+        raise CaptionerError(f"{config.dataset}: needs images in both the train and the dev split (found {len(train_records)} and {len(dev_records)})")
     if force and not resume and output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -218,11 +222,6 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = resolve_device()
-
-    dataset = load_dataset(config.dataset, config.images).limit(config.limit)
-    train_records, dev_records = dataset.split("train"), dataset.split("dev")
-    if not train_records or not dev_records:
-        raise CaptionerError(f"{config.dataset}: needs images in both the train and the dev split (found {len(train_records)} and {len(dev_records)})")
     initial = None
     if config.init_from:
         initial, vocabulary, initial_config = load_model(config.init_from, device)

@@ -55,12 +55,13 @@ def test_bad_files_are_reported_and_the_rest_captioned(tmp_path):
     (["caption", "nowhere/"], "no images to caption"),
     (["caption", str(EXAMPLES), "--model", "no-such-model"], "no such model folder"),
     (["caption", str(EXAMPLES), "--num-captions", "5", "--beam-size", "2"], "cannot exceed"),
-    (["train", "--dataset", str(EXAMPLES), "--output", "/tmp/unused-captioner-run"], "not a dataset folder"),
+    (["train", "--dataset", str(EXAMPLES), "--output", "{tmp}/run"], "not a dataset folder"),
     (["evaluate", "--dataset", "nowhere"], "no such dataset"),
 ])
-def test_errors_are_one_line(arguments, message):
-    result = run(*arguments)
+def test_errors_are_one_line(tmp_path, arguments, message):
+    result = run(*[argument.replace("{tmp}", str(tmp_path)) for argument in arguments])
     assert result.returncode != 0
+    assert not (tmp_path / "run").exists()  # a failed command leaves nothing behind
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2
 
