@@ -86,8 +86,9 @@ class Captioner:
         """Features -> an n-best list of captions per image, best first."""
         if not 1 <= beam_size <= 20:
             raise CaptionerError(f"beam size must be between 1 and 20, got {beam_size}")
-        if not 1 <= num_captions <= max(beam_size, 1 if not sampling else 100):
-            raise CaptionerError(f"number of captions must be between 1 and the beam size ({beam_size}), got {num_captions}")
+        most = 100 if sampling else beam_size  # beam search returns at most one caption per beam
+        if not 1 <= num_captions <= most:
+            raise CaptionerError(f"number of captions must be between 1 and {most}, got {num_captions}")
         options = self.decoding_options()
         if sampling:
             generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
