@@ -5,12 +5,35 @@ Stanford CoreNLP). The tokenizer and METEOR run on Java (`java` must be on PATH)
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import sys
+import tempfile
 import time
 
 from .errors import CaptionerError
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+
+@contextlib.contextmanager
+def _java_stderr_captured():
+    """The PTB tokenizer's JVM prints progress on the inherited stderr; keep it unless something fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str], metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
@@ -25,8 +48,9 @@ def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str],
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({key: [{"caption": c} for c in captions] for key, captions in references.items()})
-    res = tokenizer.tokenize({key: [{"caption": hypotheses[key]}] for key in references})
+    with _java_stderr_captured():
+        gts = tokenizer.tokenize({key: [{"caption": c} for c in captions] for key, captions in references.items()})
+        res = tokenizer.tokenize({key: [{"caption": hypotheses[key]}] for key in references})
     scores: dict[str, float] = {}
     if any(name.startswith("BLEU") for name in metrics):
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
@@ -50,7 +74,6 @@ def evaluate_model(
     length_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
 ) -> dict:
     """Caption a dataset split from cached features and score it; writes report.json and captions.json."""
-    import sys
     from pathlib import Path
 
     import torch
