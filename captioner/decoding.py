@@ -94,16 +94,16 @@ def _one_path_per_row(decoder, features: Features, copies: int, options: Decodin
 
 
 @torch.inference_mode()
-def greedy(decoder, features: Features, options: DecodingOptions = DecodingOptions()) -> list[list[Hypothesis]]:
+def greedy(decoder, features: Features, options: DecodingOptions | None = None) -> list[list[Hypothesis]]:
     """The most likely word at every step."""
-    options = _fit_to(decoder, options)
+    options = _fit_to(decoder, options or DecodingOptions())
     return [[hypothesis] for hypothesis in _one_path_per_row(decoder, features, 1, options, lambda log_probs: log_probs.argmax(dim=-1))]
 
 
 @torch.inference_mode()
-def beam_search(decoder, features: Features, beam_size: int = 3, num_captions: int = 1, options: DecodingOptions = DecodingOptions()) -> list[list[Hypothesis]]:
+def beam_search(decoder, features: Features, beam_size: int = 3, num_captions: int = 1, options: DecodingOptions | None = None) -> list[list[Hypothesis]]:
     """Batched beam search; returns the `num_captions` best finished captions per image."""
-    options = _fit_to(decoder, options)
+    options = _fit_to(decoder, options or DecodingOptions())
     if not 1 <= num_captions <= beam_size:
         raise ValueError(f"num_captions must be between 1 and beam_size ({beam_size}), got {num_captions}")
     batch, device = features.pooled.shape[0], features.pooled.device
@@ -122,36 +122,30 @@ def beam_search(decoder, features: Features, beam_size: int = 3, num_captions: i
         candidates = (beam_log_probs[:, :, None] + log_probs.view(batch, beam_size, vocab)).view(batch, -1)  # (B, K*V)
         top_scores, top_indices = candidates.topk(2 * beam_size, dim=-1)  # (B, 2K)
         top_scores, top_indices = top_scores.tolist(), top_indices.tolist()
-        new_sources, new_tokens, new_scores, new_prefixes = [], [], [], []
+        beams: list[tuple[int, int, float, list[int]]] = []  # (source row, token, log-prob sum, prefix)
         for b in range(batch):
-            kept = 0
+            kept = []
             for score, index in zip(top_scores[b], top_indices[b]):
-                if kept == beam_size:
+                if len(kept) == beam_size:
                     break
                 source, token = b * beam_size + index // vocab, index % vocab
-                if score == float("-inf"):
-                    token = Vocabulary.eos_id  # nothing left to extend: keep a dead beam
                 if done[b] or score == float("-inf"):
-                    new_sources.append(source); new_tokens.append(Vocabulary.eos_id); new_scores.append(float("-inf")); new_prefixes.append(prefixes[source])
-                    kept += 1
+                    kept.append((source, Vocabulary.eos_id, float("-inf"), prefixes[source]))  # a dead beam
                 elif token == Vocabulary.eos_id:
                     prefix = prefixes[source]
                     finished[b].append(Hypothesis(list(prefix), normalised_score(score, len(prefix) + 1, options.length_penalty)))
-                    if len(finished[b]) >= beam_size:
-                        done[b] = True
+                    done[b] = len(finished[b]) >= beam_size
                 else:
-                    new_sources.append(source); new_tokens.append(token); new_scores.append(score); new_prefixes.append(prefixes[source] + [token])
-                    kept += 1
-            while kept < beam_size:  # every candidate finished: pad with dead beams
-                new_sources.append(b * beam_size); new_tokens.append(Vocabulary.eos_id); new_scores.append(float("-inf")); new_prefixes.append([])
-                kept += 1
+                    kept.append((source, token, score, prefixes[source] + [token]))
+            kept += [(b * beam_size, Vocabulary.eos_id, float("-inf"), [])] * (beam_size - len(kept))  # every candidate finished
+            beams.extend(kept)
         if all(done):
             break
+        new_sources, new_tokens, new_scores, prefixes = (list(column) for column in zip(*beams))
         sources = torch.tensor(new_sources, device=device)
         state = _reorder(state, sources)
         last = torch.tensor(new_tokens, device=device)
         beam_log_probs = torch.tensor(new_scores, device=device).view(batch, beam_size)
-        prefixes = new_prefixes
     results = []
     for b in range(batch):
         hypotheses = sorted(finished[b], key=lambda h: h.score, reverse=True)
@@ -162,10 +156,10 @@ def beam_search(decoder, features: Features, beam_size: int = 3, num_captions: i
 @torch.inference_mode()
 def sample(
     decoder, features: Features, num_captions: int = 1, temperature: float = 1.0, top_p: float = 0.9,
-    options: DecodingOptions = DecodingOptions(), generator: torch.Generator | None = None,
+    options: DecodingOptions | None = None, generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
     """Nucleus sampling: `num_captions` independent samples per image, sorted by score."""
-    options = _fit_to(decoder, options)
+    options = _fit_to(decoder, options or DecodingOptions())
 
     def choose(log_probs: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(log_probs / max(temperature, 1e-5), dim=-1)

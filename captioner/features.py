@@ -125,9 +125,11 @@ class FeatureCache:
                 pooled[batch] = batch_pooled.to(torch.float16).numpy()
                 done[batch] = 1
                 if number % 50 == 0:
-                    grid.flush(); pooled.flush(); done.flush()
+                    for array in (grid, pooled, done):
+                        array.flush()
                 bar.update(len(batch))
-        grid.flush(); pooled.flush(); done.flush()
+        for array in (grid, pooled, done):
+            array.flush()
         bar.close()
         return cls(folder)
 

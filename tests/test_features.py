@@ -1,5 +1,4 @@
 """The feature cache stores what the encoder computes, and resumes an interrupted run."""
-import numpy as np
 import torch
 
 from captioner.features import FeatureCache
