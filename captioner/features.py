@@ -85,7 +85,6 @@ class FeatureCache:
             existing = json.loads(index_file.read_text())
             if existing != index:
                 raise CaptionerError(f"{folder}: holds a feature cache for other images or another encoder; choose another --cache folder")
-            mode = "r+"
         else:
             for name, shape in (("grid.f16", (count, grid_size, dim)), ("pooled.f16", (count, dim))):
                 np.memmap(folder / name, dtype=np.float16, mode="w+", shape=shape).flush()
@@ -93,10 +92,9 @@ class FeatureCache:
             tmp = index_file.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(index))
             os.replace(tmp, index_file)
-            mode = "r+"
-        grid = np.memmap(folder / "grid.f16", dtype=np.float16, mode=mode, shape=(count, grid_size, dim))
-        pooled = np.memmap(folder / "pooled.f16", dtype=np.float16, mode=mode, shape=(count, dim))
-        done = np.memmap(folder / "done.u8", dtype=np.uint8, mode=mode, shape=(count,))
+        grid = np.memmap(folder / "grid.f16", dtype=np.float16, mode="r+", shape=(count, grid_size, dim))
+        pooled = np.memmap(folder / "pooled.f16", dtype=np.float16, mode="r+", shape=(count, dim))
+        done = np.memmap(folder / "done.u8", dtype=np.uint8, mode="r+", shape=(count,))
         wanted = np.zeros(count, dtype=bool)
         wanted[rows if rows is not None else slice(None)] = True
         todo = np.flatnonzero((done == 0) & wanted)
