@@ -48,6 +48,8 @@ def find_images(paths: list[str | os.PathLike]) -> tuple[list[Path], list[str]]:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F) to 8-bit RGB on white."""
+    if image.mode == "RGB":
+        return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
@@ -121,7 +123,9 @@ def open_image(source: bytes | str | os.PathLike, name: str = "image") -> Image.
 def load_image(image: ImageInput, name: str | None = None) -> Image.Image:
     """Turn a path, bytes, PIL image or array into an RGB PIL image."""
     if isinstance(image, Image.Image):
-        return _to_rgb(ImageOps.exif_transpose(image))
+        if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation other than "upright"
+            image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
     if isinstance(image, np.ndarray):
         return _from_array(image)
     if isinstance(image, (bytes, bytearray)):
