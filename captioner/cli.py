@@ -30,7 +30,6 @@ def _parse_value(text: str):
 
 def command_caption(args: argparse.Namespace) -> int:
     from .api import Captioner
-    from .decoders import Features
     from .images import find_images, load_image
 
     if args.num_captions > args.beam_size and not args.sample:
@@ -55,7 +54,7 @@ def command_caption(args: argparse.Namespace) -> int:
             continue
         features = captioner.encode(images)
         results = captioner.generate(
-            Features(*features), args.beam_size, args.num_captions, sampling=args.sample,
+            features, args.beam_size, args.num_captions, sampling=args.sample,
             temperature=args.temperature, top_p=args.top_p, seed=args.seed,
         )
         for path, captions in zip(batch, results):

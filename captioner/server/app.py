@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..api import Captioner
+from ..encoders import PreprocessConfig, shrink_large
 from ..errors import CaptionerError, ImageError
 from ..images import MAX_PIXELS, load_image
 from . import schemas
@@ -274,7 +275,7 @@ def _describe(error: ValidationError) -> str:
 
 # ---- the blocking work, run on the inference threads --------------------------------------
 
-def decode_photo(data: bytes, max_pixels: int, input_size: int) -> tuple[Image.Image, schemas.ImageSize]:
+def decode_photo(data: bytes, max_pixels: int, preprocess_config: PreprocessConfig) -> tuple[Image.Image, schemas.ImageSize]:
     """Bytes -> RGB image ready for the encoder, and the photo's displayed size; ApiError if unusable."""
     if not data:
         raise ApiError(422, "invalid_image", "The uploaded file is empty; choose a photo.")
@@ -297,11 +298,9 @@ def decode_photo(data: bytes, max_pixels: int, input_size: int) -> tuple[Image.I
         image = load_image(data, name="upload")
     except ImageError:
         raise _corrupt_image() from None
-    # The same box downscale `preprocess` would apply first, done now so a huge photo's
+    # The box downscale `preprocess` would apply first, done now so a huge photo's
     # full-size pixels are freed before the encoder runs; the encoder input is unchanged.
-    if max(image.size) > 4 * input_size:
-        image = image.reduce(max(1, max(image.size) // (2 * input_size)))
-    return image, schemas.ImageSize(width=width, height=height)
+    return shrink_large(image, preprocess_config), schemas.ImageSize(width=width, height=height)
 
 
 def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> ApiError:
@@ -316,7 +315,7 @@ def _corrupt_image() -> ApiError:
 def caption_photo(captioner: Captioner, data: bytes, options: schemas.CaptionOptions, max_pixels: int) -> tuple[list[schemas.Caption], schemas.ImageSize, dict[str, float]]:
     """Decode, encode and generate for one photo, timing each step in milliseconds."""
     started = time.perf_counter()
-    image, size = decode_photo(data, max_pixels, captioner.preprocess_config.input_size)
+    image, size = decode_photo(data, max_pixels, captioner.preprocess_config)
     decoded = time.perf_counter()
     features = captioner.encode([image])
     encoded = time.perf_counter()
