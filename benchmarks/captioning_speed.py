@@ -107,6 +107,35 @@ def bench_captioning(repeats: int) -> dict[str, float]:
     return {"load_s": statistics.median(load_times), "latency_median_ms": median, "latency_p95_ms": p95, "throughput_batch32": throughput}
 
 
+def bench_concepts(repeats: int, baseline: str | None) -> dict[str, float]:
+    """The cost of concepts in one caption: concept detection alone (ImageNet head + word
+    detectors on features that exist anyway), and, with `baseline`, another model's one-caption
+    median timed alternately in the same run (e.g. the previous default, which had no concepts)."""
+    from captioner.api import Captioner
+
+    captioner = Captioner.from_pretrained()
+    photo = ROOT / "examples" / "chelsea.jpg"
+    features = captioner.encode([photo])
+    captioner.detect(features)
+    detect_ms = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        captioner.detect(features)
+        detect_ms.append((time.perf_counter() - started) * 1000)
+    results = {"detect_ms": statistics.median(detect_ms)}
+    if baseline:
+        other = Captioner.load(baseline)
+        other.caption(photo)
+        ours, theirs = [], []
+        for _ in range(repeats):
+            for model, times in ((captioner, ours), (other, theirs)):
+                started = time.perf_counter()
+                model.caption(photo, beam_size=3)
+                times.append((time.perf_counter() - started) * 1000)
+        results.update(ours_ms=statistics.median(ours), baseline_ms=statistics.median(theirs))
+    return results
+
+
 PEAK_OF_CAPTION_COMMAND = """
 import sys
 from captioner.cli import main
@@ -150,6 +179,7 @@ def main() -> None:
     parser.add_argument("--encoder-images", type=int, default=400)
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--baseline-model", help="a model folder to time one caption against in the same run (e.g. the previous default)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
@@ -161,6 +191,11 @@ def main() -> None:
     print(f"load default model: {captioning['load_s']:.2f} s")
     print(f"caption one image, file to caption, beam 3: median {captioning['latency_median_ms']:.0f} ms, p95 {captioning['latency_p95_ms']:.0f} ms")
     print(f"throughput, batch 32, beam 3: {captioning['throughput_batch32']:.1f} images/s")
+    concepts = bench_concepts(args.repeats, args.baseline_model)
+    print(f"concept detection alone (ImageNet head + word detectors, one image): median {concepts['detect_ms']:.2f} ms")
+    if args.baseline_model:
+        print(f"one caption, beam 3, alternating: default {concepts['ours_ms']:.0f} ms, {args.baseline_model} {concepts['baseline_ms']:.0f} ms "
+              f"-> ratio {concepts['ours_ms'] / concepts['baseline_ms']:.2f}")
     print(f"peak memory of 'captioner caption' on a folder of 200 photos: {bench_folder_memory(200):.0f} MiB")
     peer = bench_peer(min(args.repeats, 5))
     if peer is not None:

@@ -1,14 +1,15 @@
 """The Python API: `Captioner.from_pretrained()`, `Captioner.load(path)`, `.caption(images)`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from .checkpoint import load_model, read_metrics
+from .checkpoint import load_concept_detector, load_model, read_metrics
+from .concepts import PERSON_WORDS, ConceptDetector, ConceptTable, Tag, concept_inputs, concept_word_ids, imagenet_head, tags_from_probabilities
 from .decoders import Features
 from .decoding import DecodingOptions, Hypothesis, beam_search, greedy, sample
 from .encoders import PreprocessConfig, create_encoder, preprocess
@@ -22,6 +23,9 @@ DEFAULT_MODEL = "flickr8k-default"
 class Caption:
     text: str
     score: float  # length-normalised log-probability; higher is better
+    tags: list[Tag] = field(default_factory=list)  # the photo's visual concepts, most probable first
+
+TAG_THRESHOLD, TAG_TOP_K = 0.3, 10  # defaults for models that do not set their own
 
 
 def pretrained_path(name: str = DEFAULT_MODEL) -> Path:
@@ -46,13 +50,33 @@ class Captioner:
         decoding = config.get("decoding", {})
         self.length_penalty = float(decoding.get("length_penalty", 1.0))
         self.no_repeat_ngram_size = int(decoding.get("no_repeat_ngram_size", 3))
+        self._set_concepts(config.get("concepts") or {})
+
+    def _set_concepts(self, settings: dict, detector: ConceptDetector | None = None) -> None:
+        """Concept detection for tags, concept tokens and the person rule. A model trained without
+        concepts still gets tags from the ImageNet head alone."""
+        if detector is None:  # no person detector: no person rule either
+            detector = ConceptDetector(ConceptTable.load(), imagenet_head(self.encoder), [], self.encoder.feature_dim)
+            settings = {**settings, "person_threshold": 0.0}
+        self.concept_detector = detector.to(self.device).eval()
+        self.concept_min_score = float(settings.get("min_score", 0.1))
+        self.person_threshold = float(settings.get("person_threshold", 0.5))
+        self.tag_threshold = float(settings.get("tag_threshold", TAG_THRESHOLD))
+        self.concept_word_ids = concept_word_ids(detector.words, self.vocabulary).to(self.device)  # (W, L)
+        self.concept_sources = torch.tensor(detector.sources, device=self.device)  # (W,)
+        person_ids = [index for word, index in self.vocabulary.stoi.items() if word in PERSON_WORDS]
+        self.person_tokens = torch.zeros(len(self.vocabulary), dtype=torch.bool, device=self.device)
+        self.person_tokens[person_ids] = True
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Captioner":
         """Load a model folder written by `captioner train` (or shipped in the package)."""
         decoder, vocabulary, config = load_model(path, device)
         encoder = create_encoder(config["encoder"])
-        return cls(encoder, decoder, vocabulary, config, Path(path), device)
+        captioner = cls(encoder, decoder, vocabulary, config, Path(path), device)
+        if "concepts" in config:
+            captioner._set_concepts(config["concepts"], load_concept_detector(path, config, captioner.encoder))
+        return captioner
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_MODEL, device: torch.device | str = "cpu") -> "Captioner":
@@ -79,28 +103,58 @@ class Captioner:
         pixels = torch.stack([preprocess(load_image(image), self.preprocess_config) for image in images]).to(self.device)  # (B, 3, S, S)
         return Features(*self.encoder(pixels))
 
+    def detect(self, features: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concept probabilities (B, W) over `concept_detector.words`, and which of them may be
+        used (B, W) bool: person words only where a person is likely (`person_threshold`)."""
+        probabilities, person = self.concept_detector(features.grid, features.pooled)
+        return probabilities, self.concept_detector.allowed(person, self.person_threshold)
+
+    def tags_from_features(self, features: Features, threshold: float | None = None, top_k: int = TAG_TOP_K) -> list[list[Tag]]:
+        probabilities, allowed = self.detect(features)
+        return tags_from_probabilities(probabilities * allowed, self.concept_detector.words, self.tag_threshold if threshold is None else threshold, top_k)
+
+    def tags(self, images: ImageInput | Sequence[ImageInput], threshold: float | None = None, top_k: int = TAG_TOP_K, batch_size: int = 8) -> list[Tag] | list[list[Tag]]:
+        """The visual concepts of one image (a list of `Tag`) or of each image of a list, most probable first."""
+        single = not isinstance(images, (list, tuple))
+        batch = [images] if single else list(images)
+        results = [tags for start in range(0, len(batch), batch_size) for tags in self.tags_from_features(self.encode(batch[start : start + batch_size]), threshold, top_k)]
+        return results[0] if single else results
+
+    def conditioning(self, features: Features) -> tuple[Features, torch.Tensor, list[list[Tag]]]:
+        """What decoding needs besides the image: the features with concept tokens (for models
+        with a concept path), the tokens each image's caption must not use (B, V), and the tags."""
+        probabilities, allowed = self.detect(features)
+        tags = tags_from_probabilities(probabilities * allowed, self.concept_detector.words, self.tag_threshold, TAG_TOP_K)
+        person_allowed = allowed.all(dim=1)  # (B,) only person words are ever disallowed
+        banned = self.person_tokens[None, :] & ~person_allowed[:, None]  # (B, V)
+        if getattr(self.decoder.config, "max_concepts", 0):
+            concepts = concept_inputs(probabilities, self.concept_word_ids, self.concept_sources, allowed, self.decoder.config.max_concepts, self.concept_min_score)
+            features = features._replace(concepts=concepts)
+        return features, banned, tags
+
     def generate(
         self, features: Features, beam_size: int = 3, num_captions: int = 1, sampling: bool = False,
         temperature: float = 1.0, top_p: float = 0.9, seed: int | None = None,
     ) -> list[list[Caption]]:
-        """Features -> an n-best list of captions per image, best first."""
+        """Features -> an n-best list of captions per image, best first, each with the image's tags."""
         if not 1 <= beam_size <= 20:
             raise CaptionerError(f"beam size must be between 1 and 20, got {beam_size}")
         most = 100 if sampling else beam_size  # beam search returns at most one caption per beam
         if not 1 <= num_captions <= most:
             raise CaptionerError(f"number of captions must be between 1 and {most}, got {num_captions}")
         options = self.decoding_options()
+        features, banned, tags = self.conditioning(features)
         if sampling:
             generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-            results = sample(self.decoder, features, num_captions, temperature, top_p, options, generator)
+            results = sample(self.decoder, features, num_captions, temperature, top_p, options, generator, banned)
         elif beam_size == 1:
-            results = greedy(self.decoder, features, options)
+            results = greedy(self.decoder, features, options, banned)
         else:
-            results = beam_search(self.decoder, features, beam_size, num_captions, options)
-        return [[self._caption(hypothesis) for hypothesis in hypotheses] for hypotheses in results]
+            results = beam_search(self.decoder, features, beam_size, num_captions, options, banned)
+        return [[self._caption(hypothesis, image_tags) for hypothesis in hypotheses] for hypotheses, image_tags in zip(results, tags)]
 
-    def _caption(self, hypothesis: Hypothesis) -> Caption:
-        return Caption(self.vocabulary.decode(hypothesis.tokens), round(hypothesis.score, 4))
+    def _caption(self, hypothesis: Hypothesis, tags: list[Tag]) -> Caption:
+        return Caption(self.vocabulary.decode(hypothesis.tokens), round(hypothesis.score, 4), tags)
 
     def caption(self, images: ImageInput | Sequence[ImageInput], beam_size: int = 3, num_captions: int = 1, batch_size: int = 8, **generate_options) -> list[Caption] | list[list[Caption]]:
         """Caption one image (returns its n-best list) or a list of images (a list of n-best lists).

@@ -25,6 +25,7 @@ from .vocabulary import Vocabulary
 
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, VOCABULARY, METRICS = "model.safetensors", "config.json", "vocabulary.json", "metrics.json"
+CONCEPTS = "concepts.safetensors"  # word detectors, for models with concept tokens
 
 
 def _umask() -> int:
@@ -86,10 +87,13 @@ def unique_state_dict(module: torch.nn.Module, dtype: torch.dtype | None = None)
     return tensors
 
 
-def save_model(folder: str | Path, decoder: torch.nn.Module, vocabulary: Vocabulary, config: dict, dtype: torch.dtype | None = None) -> None:
-    """Write a loadable model folder; `config` holds name, encoder, preprocess and decoding."""
+def save_model(folder: str | Path, decoder: torch.nn.Module, vocabulary: Vocabulary, config: dict, dtype: torch.dtype | None = None, concept_detector=None) -> None:
+    """Write a loadable model folder; `config` holds name, encoder, preprocess and decoding (and
+    `concepts` with the word detectors' settings when `concept_detector` is given)."""
     folder = Path(folder)
     full_config = {"format_version": FORMAT_VERSION, **config, "decoder": decoder.config.to_dict()}
+    if concept_detector is not None:
+        atomic_save_tensors(folder / CONCEPTS, unique_state_dict(concept_detector.detector, dtype), metadata={"format_version": str(FORMAT_VERSION)})
     atomic_save_tensors(folder / WEIGHTS, unique_state_dict(decoder, dtype), metadata={"format_version": str(FORMAT_VERSION)})
     atomic_write_json(folder / VOCABULARY, vocabulary.to_dict())
     atomic_write_json(folder / CONFIG, full_config)
@@ -139,6 +143,32 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
     decoder.load_state_dict({name: tensor.float() for name, tensor in tensors.items()}, strict=False)
     decoder.to(device).eval()
     return decoder, vocabulary, config
+
+
+def load_concept_detector(folder: str | Path, config: dict, encoder):
+    """The model's `ConceptDetector`: its word detectors from the folder, the ImageNet head from
+    the encoder, the concept table from the package (checked against the one it was trained with)."""
+    from .concepts import ConceptDetector, ConceptTable, imagenet_head
+
+    folder, settings = Path(folder), config.get("concepts")
+    if not isinstance(settings, dict) or not isinstance(settings.get("detector_words"), list):
+        raise CheckpointError(f"{folder / CONFIG}: 'concepts' must hold the detector words; the model folder is incomplete or from another version")
+    table = ConceptTable.load()  # its format is checked; its words may grow between versions (concepts are words)
+    detector = ConceptDetector(table, imagenet_head(encoder), settings["detector_words"], encoder.feature_dim, int(settings.get("hidden_dim", 256)))
+    try:
+        tensors = load_file(folder / CONCEPTS)
+        detector.detector.load_state_dict({name: tensor.float() for name, tensor in tensors.items()})
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise CheckpointError(f"{folder / CONCEPTS}: unreadable or mismatched word detectors ({str(error).splitlines()[0]}); retrain or re-export the model") from None
+    return detector.eval()
+
+
+def copy_concepts(source: str | Path, target: str | Path, dtype: torch.dtype | None = None) -> None:
+    """Copy a model folder's word detectors (if it has them), optionally as another float type."""
+    path = Path(source) / CONCEPTS
+    if path.is_file():
+        tensors = {name: tensor.to(dtype) if dtype is not None else tensor for name, tensor in load_file(path).items()}
+        atomic_save_tensors(Path(target) / CONCEPTS, tensors, metadata={"format_version": str(FORMAT_VERSION)})
 
 
 def read_metrics(folder: str | Path) -> dict:

@@ -58,11 +58,16 @@ def command_caption(args: argparse.Namespace) -> int:
             temperature=args.temperature, top_p=args.top_p, seed=args.seed,
         )
         for path, captions in zip(batch, results):
+            tags = captions[0].tags if captions else []  # every caption of a photo carries the photo's tags
             if args.json:
-                print(json.dumps({"path": str(path), "captions": [{"text": c.text, "score": c.score} for c in captions]}))
+                print(json.dumps({
+                    "path": str(path), "captions": [{"text": c.text, "score": c.score} for c in captions],
+                    "tags": [{"word": t.word, "score": t.score} for t in tags],
+                }))
             else:
+                tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in tags) if args.tags else ""
                 for caption in captions:
-                    print(f"{path}\t{caption.text}")
+                    print(f"{path}\t{caption.text}{tag_column}")
         sys.stdout.flush()
     return 1 if failed else 0
 
@@ -132,7 +137,7 @@ def command_features(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import load_model, save_model
+    from .checkpoint import copy_concepts, load_model, save_model
 
     output = Path(args.output)
     if output.exists() and any(output.iterdir()) and not args.force:
@@ -145,7 +150,14 @@ def command_export(args: argparse.Namespace) -> int:
         config.setdefault("decoding", {})["length_penalty"] = args.length_penalty
     if args.no_repeat_ngram_size is not None:
         config.setdefault("decoding", {})["no_repeat_ngram_size"] = args.no_repeat_ngram_size
+    for flag, key in (("person_threshold", "person_threshold"), ("tag_threshold", "tag_threshold")):
+        value = getattr(args, flag)
+        if value is not None:
+            if "concepts" not in config or not 0 <= value <= 1:
+                raise CaptionerError(f"--{flag.replace('_', '-')} needs a model with concepts and a value between 0 and 1")
+            config["concepts"][key] = value
     save_model(output, decoder, vocabulary, config, dtype=torch.float16 if args.fp16 else None)
+    copy_concepts(args.model, output, dtype=torch.float16 if args.fp16 else None)
     size = (output / "model.safetensors").stat().st_size / 2**20
     print(f"exported {args.model} to {output} ({size:.1f} MiB{', float16' if args.fp16 else ''})")
     return 0
@@ -170,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--model", help="model folder (default: the shipped model)")
     caption.add_argument("--beam-size", type=int, default=3)
     caption.add_argument("--num-captions", type=int, default=1, help="captions per image (n-best list)")
-    caption.add_argument("--json", action="store_true", help="one JSON object per line with scores")
+    caption.add_argument("--json", action="store_true", help="one JSON object per line with scores and tags")
+    caption.add_argument("--tags", action="store_true", help="add a third column of visual concepts, word:score pairs joined by commas")
     caption.add_argument("--batch-size", type=int, default=8)
     caption.add_argument("--sample", action="store_true", help="sample captions instead of beam search")
     caption.add_argument("--temperature", type=float, default=1.0)
@@ -202,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="model folder (default: the shipped model)")
     evaluate.add_argument("--dataset", required=True)
     evaluate.add_argument("--images")
-    evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    evaluate.add_argument("--split", default=None, choices=["train", "dev", "test"], help="default: test, or dev when the dataset has no test images")
     evaluate.add_argument("--beam-size", type=int, nargs="+", default=[3], help="one or more beam sizes (1 = greedy)")
     evaluate.add_argument("--output", help="report folder (default runs/eval/MODEL-SPLIT)")
     evaluate.add_argument("--cache", default="cache")
@@ -230,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", help="rename the model")
     export.add_argument("--length-penalty", type=float, help="default length penalty stored with the model")
     export.add_argument("--no-repeat-ngram-size", type=int, help="default repeated n-gram ban stored with the model")
+    export.add_argument("--person-threshold", type=float, help="person probability (0-1) under which captions name no person")
+    export.add_argument("--tag-threshold", type=float, help="probability (0-1) a tag needs to be shown")
     export.add_argument("--force", action="store_true")
     export.set_defaults(handler=command_export)
 

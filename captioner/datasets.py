@@ -5,7 +5,8 @@ Supported layouts (`load_dataset` detects which from the path):
   and the photos in `images/` or `Flicker8k_Dataset/`;
 - Kaggle `captions.txt` (CSV `image,caption`) for Flickr8k / Flickr30k, photos in `Images/`;
 - Karpathy's `dataset_{flickr8k,flickr30k,coco}.json` (splits train / val / test / restval);
-- COCO `captions_{train,val}2014.json` (or 2017);
+- COCO `captions_{train,val}2014.json` (or 2017), with the object labels of `instances_*.json` beside it;
+- a COCO-format folder: `captions.json`, optional `instances.json` (object labels), photos in `images/`;
 - a plain CSV or JSONL of `image,caption[,split]` for your own data.
 
 Splits are called train, dev and test. Datasets without splits get a fixed split by a hash of the
@@ -29,11 +30,13 @@ IMAGE_FOLDERS = ("images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset", "f
 
 @dataclass
 class ImageRecord:
-    """One image: its path relative to the dataset's image folder, its reference captions, its split."""
+    """One image: its path relative to the dataset's image folder, its reference captions, its split,
+    and the COCO category names of the objects labelled in it (empty when the dataset has no labels)."""
 
     image: str
     captions: list[str] = field(default_factory=list)
     split: str = "train"
+    objects: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -135,14 +138,78 @@ def read_karpathy(file: Path, images: Path | None = None) -> CaptionDataset:
     return CaptionDataset(data.get("dataset", file.stem), _find_image_root(file.parent, images), records)
 
 
-def read_coco(file: Path, images: Path | None = None) -> CaptionDataset:
-    """COCO `captions_*.json`: the split comes from the file name (train2014 -> train, val2014 -> dev)."""
-    data = json.loads(file.read_text(encoding="utf-8"))
-    split = "train" if "train" in file.stem else "test" if "test" in file.stem else "dev"
-    names = {image["id"]: image["file_name"] for image in data["images"]}
-    pairs = [(names[annotation["image_id"]], annotation["caption"]) for annotation in data["annotations"] if annotation["image_id"] in names]
+def _read_json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{file}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{file}: expected a JSON object with 'images' and 'annotations' (COCO format)")
+    return data
+
+
+def _coco_captions(file: Path) -> tuple[dict[int, str], list[tuple[str, str]]]:
+    """A COCO caption file: image id -> file name, and (file name, caption) pairs."""
+    data = _read_json(file)
+    try:
+        names = {image["id"]: image["file_name"] for image in data["images"]}
+        pairs = [(names[annotation["image_id"]], annotation["caption"]) for annotation in data["annotations"] if annotation["image_id"] in names]
+    except (KeyError, TypeError) as error:
+        raise DatasetError(f"{file}: not a COCO caption file; expected 'images' with 'id' and 'file_name', "
+                           f"'annotations' with 'image_id' and 'caption' (missing or wrong: {error})") from None
+    if not all(isinstance(name, str) and isinstance(caption, str) for name, caption in pairs):
+        raise DatasetError(f"{file}: every 'file_name' and 'caption' must be a string")
+    return names, pairs
+
+
+def _coco_objects(file: Path) -> dict[int, list[str]]:
+    """A COCO instance file: image id -> the sorted, distinct category names of its labelled objects."""
+    data = _read_json(file)
+    try:
+        categories = {category["id"]: category["name"] for category in data["categories"]}
+        objects: dict[int, set[str]] = {}
+        for annotation in data["annotations"]:
+            category = annotation["category_id"]
+            if category not in categories:
+                raise DatasetError(f"{file}: an annotation names category_id {category!r}, which 'categories' does not list")
+            objects.setdefault(annotation["image_id"], set()).add(categories[category])
+    except (KeyError, TypeError) as error:
+        raise DatasetError(f"{file}: not a COCO instance file; expected 'categories' with 'id' and 'name', "
+                           f"'annotations' with 'image_id' and 'category_id' (missing or wrong: {error})") from None
+    return {image: sorted(names) for image, names in objects.items()}
+
+
+def _coco_records(captions_file: Path, instances_file: Path | None, split: str) -> list[ImageRecord]:
+    names, pairs = _coco_captions(captions_file)
     records = _group(pairs, {name: split for name in names.values()})
+    if instances_file is not None:
+        objects = _coco_objects(instances_file)
+        by_name = {name.strip(): objects.get(image, []) for image, name in names.items()}
+        for record in records:
+            record.objects = by_name[record.image]
+    return records
+
+
+def read_coco(file: Path, images: Path | None = None) -> CaptionDataset:
+    """COCO `captions_*.json`: the split comes from the file name (train2014 -> train, val2014 -> dev);
+    object labels come from `instances_*.json` of the same suffix beside it, when present."""
+    split = "train" if "train" in file.stem else "test" if "test" in file.stem else "dev"
+    instances = file.with_name("instances" + file.name[len("captions"):]) if file.name.startswith("captions") else None
+    records = _coco_records(file, instances if instances is not None and instances.is_file() else None, split)
     return CaptionDataset("coco", _find_image_root(file.parent, images), records)
+
+
+def read_coco_folder(folder: Path, images: Path | None = None) -> CaptionDataset:
+    """A COCO-format folder: `captions.json`, optional `instances.json` (object labels), photos in `images/`.
+
+    It holds no split, so the folder's name gives one to every image: dev when it contains "dev" or
+    "val", train when it contains "train", else test.
+    """
+    name = folder.resolve().name.lower()
+    split = "dev" if "dev" in name or "val" in name else "train" if "train" in name else "test"
+    instances = folder / "instances.json"
+    records = _coco_records(folder / "captions.json", instances if instances.is_file() else None, split)
+    return CaptionDataset(folder.resolve().name, _find_image_root(folder, images), records)
 
 
 def read_pairs(file: Path, images: Path | None = None) -> CaptionDataset:
@@ -178,18 +245,22 @@ def load_dataset(path: str | Path, images: str | Path | None = None) -> CaptionD
                 dataset = read_flickr8k(path, images)
             elif (path / "captions.txt").is_file():
                 dataset = read_kaggle_captions(path / "captions.txt", images)
+            elif (path / "captions.json").is_file():
+                dataset = read_coco_folder(path, images)
             else:
                 candidates = sorted(path.glob("dataset_*.json")) + sorted(path.glob("captions_*.json"))
                 if not candidates:
                     raise DatasetError(
-                        f"{path}: not a dataset folder I know; expected Flickr8k.token.txt, captions.txt, "
+                        f"{path}: not a dataset folder I know; expected Flickr8k.token.txt, captions.txt, captions.json (COCO), "
                         "dataset_*.json (Karpathy) or captions_*.json (COCO); or pass the annotation file itself"
                     )
                 return load_dataset(candidates[0], images)
         elif path.name.startswith("captions") and path.suffix == ".txt":
             dataset = read_kaggle_captions(path, images)
+        elif path.name == "captions.json":
+            dataset = read_coco_folder(path.parent, images)
         elif path.suffix.lower() == ".json":
-            data_keys = json.loads(path.read_text(encoding="utf-8")).keys()
+            data_keys = _read_json(path).keys()
             dataset = read_karpathy(path, images) if "annotations" not in data_keys else read_coco(path, images)
         elif path.suffix.lower() in (".csv", ".jsonl"):
             dataset = read_pairs(path, images)

@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .concepts import SOURCE_PAD, Concepts
 from .errors import CheckpointError
 
 State = dict[str, torch.Tensor]
+SCORE_BUCKETS = 10  # concept confidences are embedded by tenths
 
 
 def unknown_keys(config_class, data: dict) -> list[str]:
@@ -28,10 +30,14 @@ def unknown_keys(config_class, data: dict) -> list[str]:
 
 
 class Features(NamedTuple):
-    """Encoder output for a batch: the spatial grid (B, G, C) and the pooled vector (B, C)."""
+    """Encoder output for a batch: the spatial grid (B, G, C) and the pooled vector (B, C), plus,
+    for decoders with a concept path, the image's concept tokens and which rows have an image
+    at all (training on caption text alone leaves it False)."""
 
     grid: torch.Tensor
     pooled: torch.Tensor
+    concepts: Concepts | None = None
+    has_image: torch.Tensor | None = None  # (B,) bool; None = every row has one
 
 
 @dataclass
@@ -49,6 +55,7 @@ class DecoderConfig:
     attention_dim: int = 512  # soft-attention LSTM
     dropout: float = 0.3
     max_length: int = 22  # words, not counting <eos>
+    max_concepts: int = 0  # Transformer: concept tokens it attends to beside the grid (0 = none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,21 +194,51 @@ class TransformerDecoder(nn.Module):
         self.output.weight = self.embedding.weight
         nn.init.normal_(self.memory_position, std=0.02)
         nn.init.normal_(self.embedding.weight, std=width**-0.5)
+        if config.max_concepts:
+            # A concept token = the mean embedding of its words + its confidence + its source;
+            # one learned slot is always there, so a row with neither image nor concepts still attends.
+            self.concept_score = nn.Embedding(SCORE_BUCKETS + 1, width)
+            self.concept_source = nn.Embedding(3, width)
+            self.concept_norm = nn.LayerNorm(width)
+            self.null_slot = nn.Parameter(torch.zeros(1, 1, width))
+            nn.init.normal_(self.null_slot, std=0.02)
 
-    def _memory(self, features: Features) -> torch.Tensor:
+    def _concept_slots(self, concepts: Concepts) -> torch.Tensor:
+        words = self.embedding(concepts.ids)  # (B, K, L, D)
+        word_mask = (concepts.ids != 0).unsqueeze(-1).float()  # (B, K, L, 1)
+        mean = (words * word_mask).sum(dim=2) / word_mask.sum(dim=2).clamp(min=1.0)  # (B, K, D)
+        buckets = (concepts.scores.clamp(0, 1) * SCORE_BUCKETS).long()  # (B, K)
+        slots = mean * math.sqrt(self.config.embed_dim) + self.concept_score(buckets) + self.concept_source(concepts.sources)
+        return self.dropout(self.concept_norm(slots))  # (B, K, D)
+
+    def _memory(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Memory slots (B, M, D) and, with concepts, which slots to attend to (B, M) bool."""
         slots = torch.cat([features.pooled[:, None, :], features.grid], dim=1)  # (B, G+1, C)
-        return self.memory(slots) + self.memory_position  # (B, G+1, D)
+        image = self.memory(slots) + self.memory_position  # (B, G+1, D)
+        if not self.config.max_concepts:
+            return image, None
+        batch = image.shape[0]
+        concepts = features.concepts
+        if concepts is None:
+            concepts = Concepts(image.new_zeros(batch, 0, 1, dtype=torch.long), image.new_zeros(batch, 0), image.new_zeros(batch, 0, dtype=torch.long))
+        has_image = features.has_image if features.has_image is not None else image.new_ones(batch, dtype=torch.bool)
+        memory = torch.cat([self.null_slot.expand(batch, -1, -1), image, self._concept_slots(concepts)], dim=1)  # (B, 1+G+1+K, D)
+        attend = torch.cat([
+            has_image.new_ones(batch, 1), has_image[:, None].expand(-1, image.shape[1]), concepts.sources != SOURCE_PAD,
+        ], dim=1)  # (B, M)
+        return memory, attend
 
-    def _decode(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def _decode(self, memory: torch.Tensor, attend: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
         length = tokens.shape[1]
         positions = torch.arange(length, device=tokens.device)
         x = self.dropout(self.embedding(tokens) * math.sqrt(self.config.embed_dim) + self.position(positions))  # (B, T, D)
         causal = torch.triu(torch.full((length, length), float("-inf"), device=tokens.device), diagonal=1)
-        x = self.layers(x, memory, tgt_mask=causal, tgt_is_causal=True)  # (B, T, D)
+        padding = None if attend is None else ~attend  # True = ignore this memory slot
+        x = self.layers(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=padding)  # (B, T, D)
         return self.output(x)  # (B, T, V)
 
     def forward(self, features: Features, tokens: torch.Tensor) -> torch.Tensor:
-        return self._decode(self._memory(features), tokens)
+        return self._decode(*self._memory(features), tokens)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -210,9 +247,11 @@ class TransformerDecoder(nn.Module):
     def init_state(self, features: Features) -> State:
         """Cross-attention keys and values are computed once per image; self-attention ones grow
         by one position per step (a key/value cache), so each step costs one token, not the prefix."""
-        memory = self._memory(features)  # (B, M, D)
+        memory, attend = self._memory(features)  # (B, M, D), (B, M) or None
         width = self.config.embed_dim
         state = {"position": torch.zeros(memory.shape[0], dtype=torch.long, device=memory.device)}
+        if attend is not None:
+            state["memory_mask"] = attend
         for index, layer in enumerate(self.layers.layers):
             attention = layer.multihead_attn
             keys = F.linear(memory, attention.in_proj_weight[width : 2 * width], attention.in_proj_bias[width : 2 * width])
@@ -226,6 +265,10 @@ class TransformerDecoder(nn.Module):
         width = self.config.embed_dim
         x = self.embedding(last_tokens)[:, None, :] * math.sqrt(width) + self.position(state["position"])[:, None, :]  # (B, 1, D)
         new_state = {"position": state["position"] + 1}
+        memory_mask = state.get("memory_mask")
+        if memory_mask is not None:
+            new_state["memory_mask"] = memory_mask
+            memory_mask = memory_mask[:, None, None, :]  # (B, 1, 1, M) True = attend
         for index, layer in enumerate(self.layers.layers):
             query, key, value = F.linear(layer.norm1(x), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, dim=-1)
             keys = torch.cat([state[f"self_keys{index}"], self._heads(key)], dim=2)  # (B, H, t, d)
@@ -237,7 +280,7 @@ class TransformerDecoder(nn.Module):
             query = F.linear(layer.norm2(x), cross.in_proj_weight[:width], cross.in_proj_bias[:width])
             cross_keys, cross_values = state[f"cross_keys{index}"], state[f"cross_values{index}"]
             new_state[f"cross_keys{index}"], new_state[f"cross_values{index}"] = cross_keys, cross_values
-            attended = F.scaled_dot_product_attention(self._heads(query), cross_keys, cross_values)
+            attended = F.scaled_dot_product_attention(self._heads(query), cross_keys, cross_values, attn_mask=memory_mask)
             x = x + cross.out_proj(attended.transpose(1, 2).reshape(x.shape))
             x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
         return self.output(self.layers.norm(x))[:, 0], new_state  # (B, V)

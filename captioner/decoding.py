@@ -34,10 +34,12 @@ def normalised_score(log_prob: float, length: int, length_penalty: float) -> flo
     return log_prob / (max(length, 1) ** length_penalty)
 
 
-def _mask_logits(log_probs: torch.Tensor, prefixes: list[list[int]], step: int, options: DecodingOptions) -> torch.Tensor:
-    """-inf for tokens never to emit (<pad>, <bos>, <unk>), <eos> before min_length, and words
-    that would repeat an n-gram already in the prefix."""
+def _mask_logits(log_probs: torch.Tensor, prefixes: list[list[int]], step: int, options: DecodingOptions, banned: torch.Tensor | None = None) -> torch.Tensor:
+    """-inf for tokens never to emit (<pad>, <bos>, <unk>, and per row the `banned` ones (rows, V)),
+    <eos> before min_length, and words that would repeat an n-gram already in the prefix."""
     log_probs[:, [Vocabulary.pad_id, Vocabulary.bos_id, Vocabulary.unk_id]] = float("-inf")
+    if banned is not None:
+        log_probs.masked_fill_(banned, float("-inf"))
     if step < options.min_length:
         log_probs[:, Vocabulary.eos_id] = float("-inf")
     if step >= options.max_length:
@@ -64,10 +66,16 @@ def _reorder(state: State, indices: torch.Tensor) -> State:
     return {key: value.index_select(0, indices) for key, value in state.items()}
 
 
-def _one_path_per_row(decoder, features: Features, copies: int, options: DecodingOptions, choose) -> list[Hypothesis]:
+def _banned_rows(banned: torch.Tensor | None, copies: int) -> torch.Tensor | None:
+    """Per-image banned tokens (B, V) -> per-row (B * copies, V), image-major."""
+    return banned.repeat_interleave(copies, dim=0) if banned is not None else None
+
+
+def _one_path_per_row(decoder, features: Features, copies: int, options: DecodingOptions, choose, banned: torch.Tensor | None = None) -> list[Hypothesis]:
     """Extend `copies` captions per image one token at a time, each taking `choose(log_probs)`;
     returns batch * copies hypotheses, image-major."""
     batch = features.pooled.shape[0]
+    banned = _banned_rows(banned, copies)
     state = _reorder(decoder.init_state(features), torch.arange(batch, device=features.pooled.device).repeat_interleave(copies))
     rows = batch * copies
     last = torch.full((rows,), Vocabulary.bos_id, dtype=torch.long, device=features.pooled.device)
@@ -76,7 +84,7 @@ def _one_path_per_row(decoder, features: Features, copies: int, options: Decodin
     finished = [False] * rows
     for step in range(options.max_length + 1):
         logits, state = decoder.step(last, state)
-        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options)  # (rows, V)
+        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options, banned)  # (rows, V)
         choice = choose(log_probs)  # (rows,)
         chosen_log_probs = log_probs.gather(1, choice[:, None]).squeeze(1).tolist()
         for row, token in enumerate(choice.tolist()):
@@ -94,14 +102,16 @@ def _one_path_per_row(decoder, features: Features, copies: int, options: Decodin
 
 
 @torch.inference_mode()
-def greedy(decoder, features: Features, options: DecodingOptions | None = None) -> list[list[Hypothesis]]:
-    """The most likely word at every step."""
+def greedy(decoder, features: Features, options: DecodingOptions | None = None, banned: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+    """The most likely word at every step; `banned` (B, V) marks words an image's caption must not use."""
     options = _fit_to(decoder, options or DecodingOptions())
-    return [[hypothesis] for hypothesis in _one_path_per_row(decoder, features, 1, options, lambda log_probs: log_probs.argmax(dim=-1))]
+    return [[hypothesis] for hypothesis in _one_path_per_row(decoder, features, 1, options, lambda log_probs: log_probs.argmax(dim=-1), banned)]
 
 
 @torch.inference_mode()
-def beam_search(decoder, features: Features, beam_size: int = 3, num_captions: int = 1, options: DecodingOptions | None = None) -> list[list[Hypothesis]]:
+def beam_search(
+    decoder, features: Features, beam_size: int = 3, num_captions: int = 1, options: DecodingOptions | None = None, banned: torch.Tensor | None = None,
+) -> list[list[Hypothesis]]:
     """Batched beam search; returns the `num_captions` best finished captions per image."""
     options = _fit_to(decoder, options or DecodingOptions())
     if not 1 <= num_captions <= beam_size:
@@ -115,9 +125,10 @@ def beam_search(decoder, features: Features, beam_size: int = 3, num_captions: i
     last = torch.full((batch * beam_size,), Vocabulary.bos_id, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     done = [False] * batch
+    banned = _banned_rows(banned, beam_size)  # beams stay in their image's block of rows
     for step in range(options.max_length + 1):
         logits, state = decoder.step(last, state)
-        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options)  # (B*K, V)
+        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options, banned)  # (B*K, V)
         vocab = log_probs.shape[-1]
         candidates = (beam_log_probs[:, :, None] + log_probs.view(batch, beam_size, vocab)).view(batch, -1)  # (B, K*V)
         top_scores, top_indices = candidates.topk(2 * beam_size, dim=-1)  # (B, 2K)
@@ -156,7 +167,7 @@ def beam_search(decoder, features: Features, beam_size: int = 3, num_captions: i
 @torch.inference_mode()
 def sample(
     decoder, features: Features, num_captions: int = 1, temperature: float = 1.0, top_p: float = 0.9,
-    options: DecodingOptions | None = None, generator: torch.Generator | None = None,
+    options: DecodingOptions | None = None, generator: torch.Generator | None = None, banned: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Nucleus sampling: `num_captions` independent samples per image, sorted by score."""
     options = _fit_to(decoder, options or DecodingOptions())
@@ -167,6 +178,6 @@ def sample(
         sorted_probs[sorted_probs.cumsum(dim=-1) - sorted_probs > top_p] = 0.0  # keep the smallest set reaching top_p
         return order.gather(1, torch.multinomial(sorted_probs, 1, generator=generator)).squeeze(1)
 
-    hypotheses = _one_path_per_row(decoder, features, num_captions, options, choose)
+    hypotheses = _one_path_per_row(decoder, features, num_captions, options, choose, banned)
     groups = [hypotheses[start : start + num_captions] for start in range(0, len(hypotheses), num_captions)]
     return [sorted(group, key=lambda h: h.score, reverse=True) for group in groups]

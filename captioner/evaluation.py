@@ -1,7 +1,8 @@
-"""Caption quality with the standard coco-caption scorer (pycocoevalcap).
+"""Caption quality with the standard coco-caption scorer (pycocoevalcap), plus object hallucination.
 
 PTB tokenisation, then BLEU-1..4, METEOR, ROUGE-L and CIDEr (SPICE is left out: it downloads
-Stanford CoreNLP). The tokenizer and METEOR run on Java (`java` must be on PATH).
+Stanford CoreNLP). The tokenizer and METEOR run on Java (`java` must be on PATH). `evaluate_model`
+adds CHAIR-s and CHAIR-i (`captioner.chair`): how often captions name COCO objects not in the photo.
 """
 from __future__ import annotations
 
@@ -68,17 +69,62 @@ def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str],
     return {name: scores[name] for name in METRICS if name in scores and name in metrics}
 
 
+def split_conditioning(captioner, cache_store, keys: list[str], batch_size: int = 200):
+    """Concept tokens (None for models without them), banned tokens (N, V) and tags for cached images."""
+    from .concepts import Concepts
+    from .training import batch_features
+
+    parts, banned, tags = [], [], []
+    rows = cache_store.rows(keys)
+    for start in range(0, len(rows), batch_size):
+        features, image_banned, image_tags = captioner.conditioning(batch_features(cache_store, rows[start : start + batch_size], captioner.device))
+        parts.append(features.concepts)
+        banned.append(image_banned)
+        tags.extend(image_tags)
+    concepts = None if parts[0] is None else Concepts(*(torch.cat(tensors) for tensors in zip(*parts)))
+    return concepts, torch.cat(banned), tags
+
+
+def tag_precision_recall(tags: dict[str, list[str]], references: dict[str, list[str]], vocabulary: list[str]) -> dict[str, float]:
+    """Tags against the words of the reference captions (singular forms, phrases as a whole).
+
+    precision: share of tags that some reference of the photo uses; recall: share of the concepts
+    the tagger can name (`vocabulary`) that at least two references of the photo use and that it tagged.
+    """
+    from .concept_training import ConceptMatcher
+    from .vocabulary import tokenize
+
+    matcher = ConceptMatcher(vocabulary)
+    correct = predicted = found = wanted = 0
+    for key, words in tags.items():
+        counts: dict[int, int] = {}
+        for caption in references[key]:
+            for concept in set(matcher(tokenize(caption))):
+                counts[concept] = counts.get(concept, 0) + 1
+        tagged = {index for word in words for index in matcher(tokenize(word))}
+        predicted += len(tagged)
+        correct += len(tagged & set(counts))
+        consensus = {concept for concept, count in counts.items() if count >= 2}
+        wanted += len(consensus)
+        found += len(consensus & tagged)
+    return {"precision": round(correct / max(1, predicted), 4), "recall": round(found / max(1, wanted), 4), "tags_per_image": round(predicted / max(1, len(tags)), 2)}
+
+
 def evaluate_model(
-    model: str | None, dataset_path: str, images: str | None = None, split: str = "test", beam_sizes: list[int] = (3,),
+    model: str | None, dataset_path: str, images: str | None = None, split: str | None = None, beam_sizes: list[int] = (3,),
     output: str | None = None, cache: str = "cache", force: bool = False, limit: int = 0, save_metrics: bool = False, progress: bool = True,
     length_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
 ) -> dict:
-    """Caption a dataset split from cached features and score it; writes report.json and captions.json."""
+    """Caption a dataset split from cached features and score it; writes report.json and captions.json.
+
+    `split` defaults to test, or dev when the dataset has no test images (a COCO dev folder).
+    """
     from pathlib import Path
 
     import torch
 
     from .api import Captioner
+    from .chair import chair, ground_truth
     from .checkpoint import METRICS as METRICS_FILE, atomic_write_json
     from .datasets import load_dataset
     from .features import feature_cache
@@ -90,6 +136,11 @@ def evaluate_model(
     if no_repeat_ngram_size is not None:
         captioner.no_repeat_ngram_size = no_repeat_ngram_size
     dataset = load_dataset(dataset_path, images)
+    split_chosen_by = "request"
+    if split is None:
+        split, split_chosen_by = ("test", "default") if dataset.split("test") else ("dev", "default: the dataset has no test images")
+        if progress:
+            print(f"evaluating the {split} split ({split_chosen_by}; choose another with --split)", file=sys.stderr)
     records = dataset.split(split)[: limit or None]
     if not records:
         raise CaptionerError(f"{dataset_path}: the {split} split holds no images")
@@ -99,21 +150,30 @@ def evaluate_model(
     keys = [record.image for record in records]
     cache_store = feature_cache(dataset, captioner.config["encoder"], cache, keys, encoder=captioner.encoder, progress=progress)
     references = {record.image: record.captions for record in records}
+    true_objects = ground_truth(records)  # labelled objects + those the references name, for CHAIR
     results, captions = {}, {key: {"references": references[key]} for key in keys}
+    concepts, banned, tags = split_conditioning(captioner, cache_store, keys)
+    tag_scores = tag_precision_recall({key: [tag.word for tag in image_tags] for key, image_tags in zip(keys, tags)}, references, captioner.concept_detector.words)
+    for key, image_tags in zip(keys, tags):
+        captions[key]["tags"] = [[tag.word, tag.score] for tag in image_tags]
     for beam_size in beam_sizes:
         started = time.time()
-        tokens = decode_split(captioner.decoder, cache_store, keys, torch.device("cpu"), beam_size, captioner.decoding_options())
+        tokens = decode_split(captioner.decoder, cache_store, keys, torch.device("cpu"), beam_size, captioner.decoding_options(), concepts=concepts, banned=banned)
         hypotheses = {key: captioner.vocabulary.decode(ids) for key, ids in zip(keys, tokens)}
         label = "greedy" if beam_size == 1 else f"beam {beam_size}"
         results[label] = {name: round(value, 4) for name, value in score_captions(references, hypotheses).items()}
+        hallucination = chair(hypotheses, true_objects)
+        results[label].update({"CHAIR-s": round(hallucination.sentence, 4), "CHAIR-i": round(hallucination.instance, 4)})
         if progress:
             print(f"{label}: decoded {len(keys)} images in {time.time() - started:.0f} s", file=sys.stderr)
         for key in keys:
             captions[key][label] = hypotheses[key]
+            captions[key].setdefault("hallucinated", {})[label] = hallucination.per_image[key].hallucinated
     report = {
-        "model": captioner.name, "dataset": dataset.name, "split": split, "images": len(keys),
+        "model": captioner.name, "dataset": dataset.name, "split": split, "split_chosen_by": split_chosen_by, "images": len(keys),
+        "chair_ground_truth": "object labels + reference captions" if any(record.objects for record in records) else "reference captions only",
         "decoding": {"length_penalty": captioner.length_penalty, "no_repeat_ngram_size": captioner.no_repeat_ngram_size},
-        "results": results, "distinct_words": {label: len({w for key in keys for w in captions[key][label].split()}) for label in results},
+        "results": results, "tags": {"threshold": captioner.tag_threshold, **tag_scores}, "distinct_words": {label: len({w for key in keys for w in captions[key][label].split()}) for label in results},
         "command": "captioner " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("captioner") else None,
     }
     atomic_write_json(out / "report.json", report)

@@ -18,8 +18,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .caption_text import flickr30k_id, read_caption_text
 from .checkpoint import atomic_save_tensors, atomic_write_json, load_model, save_model
 from .cider import CiderD
+from .concept_training import ConceptMatcher, ConceptSetup, TextExamples, fit_concepts
+from .concepts import ConceptTable, concept_word_ids, imagenet_head, to_concepts
 from .datasets import load_dataset
 from .decoders import DecoderConfig, Features, caption_loss, create_decoder, unknown_keys
 from .decoding import DecodingOptions, beam_search, greedy, sample
@@ -58,6 +61,14 @@ class TrainingConfig:
     init_from: str = ""  # a model folder to start from (its vocabulary and decoder shape are kept)
     self_critical: bool = False  # train on CIDEr-D rewards of sampled captions instead of cross-entropy
     samples_per_image: int = 5  # self-critical: captions sampled per image (the others' mean is the baseline)
+    # Concepts (used when decoder.max_concepts > 0) and caption text without photos:
+    caption_text: list = field(default_factory=list)  # [{"path": TSV, "per_epoch": N}]: N text-only examples a epoch
+    paired_caption_text: bool = True  # caption-text captions of a training photo (same Flickr id) become its captions
+    text_image_prob: float = 0.5  # share of text-only examples shown a random training photo, which they must not describe
+    concept_min_score: float = 0.1  # concepts below this probability are not given to the decoder
+    person_threshold: float = 0.5  # person words only where the person probability reaches this
+    detector_words: int = 400
+    detector_epochs: int = 8
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,16 +136,24 @@ def make_optimizer(decoder: torch.nn.Module, config: TrainingConfig) -> torch.op
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.98))
 
 
-def decode_split(decoder, cache: FeatureCache, keys: list[str], device: torch.device, beam_size: int, options: DecodingOptions, batch_size: int = 100) -> list[list[int]]:
+def decode_split(
+    decoder, cache: FeatureCache, keys: list[str], device: torch.device, beam_size: int, options: DecodingOptions,
+    batch_size: int = 100, concepts=None, banned: torch.Tensor | None = None,
+) -> list[list[int]]:
+    """Best caption ids per key; `concepts` (aligned with keys) and `banned` (N, V) tokens when the model uses them."""
     decoder.eval()
     rows = cache.rows(keys)
     results = []
     for start in range(0, len(rows), batch_size):
         features = batch_features(cache, rows[start : start + batch_size], device)
+        if concepts is not None:
+            index = torch.arange(start, min(start + batch_size, len(rows)))
+            features = features._replace(concepts=concepts.index_select(index).to(device))
+        ban = banned[start : start + batch_size] if banned is not None else None
         if beam_size == 1:
-            hypotheses = greedy(decoder, features, options)
+            hypotheses = greedy(decoder, features, options, banned=ban)
         else:
-            hypotheses = beam_search(decoder, features, beam_size=beam_size, options=options)
+            hypotheses = beam_search(decoder, features, beam_size=beam_size, options=options, banned=ban)
         results.extend(best[0].tokens for best in hypotheses)
     return results
 
@@ -156,6 +175,35 @@ def self_critical_loss(decoder, features: Features, keys: list[str], reward: Cid
     token_log_probs = torch.log_softmax(logits.float(), dim=-1).gather(2, targets[..., None]).squeeze(2)  # (B*K, T)
     sequence_log_probs = (token_log_probs * (targets != vocabulary.pad_id)).sum(dim=1)
     return -(advantage * sequence_log_probs).mean(), rewards.mean().item()
+
+
+def _fit_concepts(config: TrainingConfig, cache: FeatureCache, flip_cache, train_keys: list[str], dev_keys: list[str], train_captions: list[list[str]], head, decoder_config: DecoderConfig, log) -> ConceptSetup:
+    """Word detectors and every photo's concepts, from the cached features."""
+    train_rows, dev_rows = cache.rows(train_keys), cache.rows(dev_keys)
+    grids = [torch.from_numpy(np.ascontiguousarray(cache.grid[train_rows]))]
+    if flip_cache is not None:
+        grids.append(torch.from_numpy(np.ascontiguousarray(flip_cache.grid[flip_cache.rows(train_keys)])))
+    return fit_concepts(
+        ConceptTable.load(), head, grids, torch.from_numpy(np.ascontiguousarray(cache.pooled[train_rows])),
+        [[tokenize(c) for c in captions] for captions in train_captions],
+        torch.from_numpy(np.ascontiguousarray(cache.grid[dev_rows])), torch.from_numpy(np.ascontiguousarray(cache.pooled[dev_rows])),
+        decoder_config.feature_dim, decoder_config.max_concepts, config.concept_min_score, config.person_threshold,
+        config.detector_words, config.detector_epochs, config.seed, log,
+    )
+
+
+def _concept_batch(indices: np.ndarray, samples: list, text: list, setup: ConceptSetup, train_row_index: dict[int, int], train_rows: np.ndarray):
+    """Rows to read, caption ids, concept lists and has-image flags for a batch mixing photo
+    examples (indices below len(samples)) and caption-text examples (the rest)."""
+    rows, sequences, concepts, has_image = [], [], [], []
+    for index in indices.tolist():
+        if index < len(samples):
+            row, ids = samples[index]
+            rows.append(row), sequences.append(ids), concepts.append(setup.train_concepts[train_row_index[row]]), has_image.append(True)
+        else:
+            ids, drawn, shown = text[index - len(samples)]
+            rows.append(int(train_rows[max(shown, 0)])), sequences.append(ids), concepts.append(drawn), has_image.append(shown >= 0)
+    return np.array(rows), sequences, concepts, torch.tensor(has_image)
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -213,6 +261,12 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
     train_records, dev_records = dataset.split("train"), dataset.split("dev")
     if not train_records or not dev_records:
         raise CaptionerError(f"{config.dataset}: needs images in both the train and the dev split (found {len(train_records)} and {len(dev_records)})")
+    uses_concepts = config.decoder.max_concepts > 0
+    if config.caption_text and not uses_concepts:
+        raise CaptionerError("caption_text needs a decoder with concept tokens; set decoder.max_concepts (e.g. 16)")
+    if uses_concepts and (config.decoder.kind != "transformer" or config.self_critical):
+        raise CaptionerError("concept tokens work with the transformer decoder and cross-entropy training only")
+    text_files = [(read_caption_text(item["path"]), int(item.get("per_epoch", 0))) for item in config.caption_text]  # validate before writing
     if force and not resume and output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -229,7 +283,8 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
             raise CaptionerError(f"{config.init_from} was trained on {initial_config['encoder']} features, not {config.encoder}; set encoder to match")
         decoder_config, max_length = initial.config, initial.config.max_length
     else:
-        vocabulary = Vocabulary.build((c for r in train_records for c in r.captions), config.min_count)
+        text_captions = (c for photos, _ in text_files for photo in photos for c in photo.captions)
+        vocabulary = Vocabulary.build([c for r in train_records for c in r.captions] + list(text_captions), config.min_count)
         lengths = sorted(len(tokenize(c)) for r in train_records for c in r.captions)
         max_length = max(1, lengths[int(0.99 * (len(lengths) - 1))])
         decoder_config = DecoderConfig(**{**config.decoder.to_dict(), "vocab_size": len(vocabulary), "max_length": max_length})
@@ -240,12 +295,30 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
     cache = feature_cache(dataset, config.encoder, config.cache, train_keys + [r.image for r in dev_records], encoder=encoder, progress=progress)
     flip_cache = feature_cache(dataset, config.encoder, config.cache, train_keys, flip=True, encoder=encoder, progress=progress) if config.flip_augment else None
     preprocess = encoder.preprocess_config.to_dict()
+    head = imagenet_head(encoder) if uses_concepts else None
     del encoder
 
-    samples = [(int(row), ids[:max_length]) for record, row in zip(train_records, cache.rows([r.image for r in train_records])) for ids in (vocabulary.encode(c) for c in record.captions) if ids]
+    train_captions = [list(record.captions) for record in train_records]
+    if uses_concepts and config.paired_caption_text:
+        train_ids = {flickr30k_id(record.image): index for index, record in enumerate(train_records)}
+        paired = [(train_ids[flickr30k_id(photo.image)], photo) for photos, _ in text_files for photo in photos if flickr30k_id(photo.image) in train_ids]
+        for index, photo in paired:
+            train_captions[index] += photo.captions
+        paired_names = {id(photo) for _, photo in paired}
+        text_files = [([photo for photo in photos if id(photo) not in paired_names], per_epoch) for photos, per_epoch in text_files]
+        log(f"caption text: {sum(len(p.captions) for _, p in paired)} captions of {len(paired)} training photos added as their captions")
+    samples = [(int(row), ids[:max_length]) for captions, row in zip(train_captions, cache.rows([r.image for r in train_records])) for ids in (vocabulary.encode(c) for c in captions) if ids]
     lengths_of_samples = np.array([len(ids) for _, ids in samples])
     dev_keys = [record.image for record in dev_records]
     dev_references = {record.image: record.captions for record in dev_records}
+
+    concept_setup, dev_concepts, text_examples = None, None, None
+    if uses_concepts:
+        concept_setup = _fit_concepts(config, cache, flip_cache, train_keys, dev_keys, train_captions, head, decoder_config, log)
+        word_ids, concept_sources = concept_word_ids(concept_setup.detector.words, vocabulary), concept_setup.detector.sources
+        dev_concepts = to_concepts(concept_setup.dev_concepts, word_ids, concept_sources, decoder_config.max_concepts)
+        text_examples = TextExamples(text_files, vocabulary, ConceptMatcher(concept_setup.detector.words), max_length)
+        atomic_write_json(output / "concepts_report.json", concept_setup.report)
 
     decoder = initial if initial is not None else create_decoder(decoder_config).to(device)
     optimizer = make_optimizer(decoder, config)
@@ -257,6 +330,12 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
         def plan(rng: np.random.Generator) -> list[np.ndarray]:
             order = rng.permutation(len(train_records))
             return [order[i : i + images_per_batch] for i in range(0, len(order), images_per_batch)]
+    elif uses_concepts:
+        text_per_epoch = sum(per_epoch for _, per_epoch in text_files)
+        epoch_lengths = np.concatenate([lengths_of_samples, np.full(text_per_epoch, int(np.median(lengths_of_samples)))])
+
+        def plan(rng: np.random.Generator) -> list[np.ndarray]:
+            return length_bucketed_batches(epoch_lengths, config.batch_size, rng)
     else:
         def plan(rng: np.random.Generator) -> list[np.ndarray]:
             return length_bucketed_batches(lengths_of_samples, config.batch_size, rng)
@@ -272,6 +351,13 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
     log(f"{len(train_records)} train images, {len(samples)} captions, {len(dev_records)} dev images; vocabulary {len(vocabulary)} words; max length {max_length}")
     log(f"decoder {decoder_config.kind}: {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f} M parameters; device {device}")
 
+    if uses_concepts:
+        train_row_index = {int(row): index for index, row in enumerate(cache.rows(train_keys))}
+        model_config["concepts"] = {
+            "table_digest": concept_setup.detector.table.digest, "detector_words": concept_setup.detector.detector_words,
+            "hidden_dim": concept_setup.detector.detector.hidden.out_features,
+            "min_score": config.concept_min_score, "person_threshold": config.person_threshold,
+        }
     history: list[dict] = []
     start_epoch, step, best_cider, bad_epochs = 1, 0, -1.0, 0
     if resume:
@@ -289,17 +375,27 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
         started = time.time()
         decoder.train(not config.self_critical)  # self-critical samples and scores without dropout
         batches = plan(np.random.default_rng(config.seed + epoch))
-        flips = np.random.default_rng(config.seed + 1000 + epoch).random(len(samples)) < 0.5
+        flips = np.random.default_rng(config.seed + 1000 + epoch).random(len(epoch_lengths) if uses_concepts else len(samples)) < 0.5
+        if uses_concepts:
+            epoch_text = text_examples.draw(np.random.default_rng(config.seed + 2000 + epoch), concept_setup, decoder_config.max_concepts, len(train_keys), config.text_image_prob)
+            epoch_lengths = np.concatenate([lengths_of_samples, [len(ids) for ids, _, _ in epoch_text]]).astype(int)
+            batches = plan(np.random.default_rng(config.seed + epoch))
         total_loss, total_reward, count = 0.0, 0.0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress, leave=False)
         for batch_number in bar:
             indices = batches[batch_number]
-            rows = train_rows[indices] if config.self_critical else np.array([samples[i][0] for i in indices])
+            if uses_concepts:
+                rows, sequences, concepts, has_image = _concept_batch(indices, samples, epoch_text, concept_setup, train_row_index, cache.rows(train_keys))
+            else:
+                rows = train_rows[indices] if config.self_critical else np.array([samples[i][0] for i in indices])
+                sequences = None if config.self_critical else [samples[i][1] for i in indices]
             features = batch_features(cache, rows, device)
             if flip_cache is not None and flips[indices].any():
                 flipped = batch_features(flip_cache, rows, device)
                 use_flip = torch.from_numpy(flips[indices]).to(device)
                 features = Features(torch.where(use_flip[:, None, None], flipped.grid, features.grid), torch.where(use_flip[:, None], flipped.pooled, features.pooled))
+            if uses_concepts:
+                features = features._replace(concepts=to_concepts(concepts, word_ids, concept_sources, decoder_config.max_concepts).to(device), has_image=has_image.to(device))
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(step, total_steps, config)
             if config.self_critical:
@@ -307,7 +403,7 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
                 loss, mean_reward = self_critical_loss(decoder, features, keys, reward, vocabulary, config.samples_per_image, max_length, autocast)
                 total_reward += mean_reward
             else:
-                inputs, targets = pad_batch([samples[i][1] for i in indices], vocabulary)
+                inputs, targets = pad_batch(sequences, vocabulary)
                 with autocast:
                     logits = decoder(features, inputs.to(device))  # (B, T, V)
                 loss = caption_loss(logits.float(), targets.to(device), config.label_smoothing)
@@ -320,7 +416,7 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
             bar.set_postfix(loss=f"{total_loss / count:.3f}", **({"reward": f"{total_reward / count:.3f}"} if config.self_critical else {}))
         bar.close()
         train_seconds = time.time() - started
-        hypotheses = decode_split(decoder, cache, dev_keys, device, config.dev_beam_size, options)
+        hypotheses = decode_split(decoder, cache, dev_keys, device, config.dev_beam_size, options, concepts=dev_concepts)
         scores = score_captions(dev_references, {key: vocabulary.decode(tokens) for key, tokens in zip(dev_keys, hypotheses)}, metrics=("BLEU-4", "CIDEr"))
         entry = {"epoch": epoch, "train_loss": total_loss / count, "dev_bleu4": scores["BLEU-4"], "dev_cider": scores["CIDEr"], "learning_rate": optimizer.param_groups[0]["lr"], "train_seconds": round(train_seconds, 1), "seconds": round(time.time() - started, 1)}
         if config.self_critical:
@@ -329,10 +425,10 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
         improved = entry["dev_cider"] > best_cider
         if improved:
             best_cider, bad_epochs = entry["dev_cider"], 0
-            save_model(output / "best", decoder, vocabulary, {**model_config, "dev": {"epoch": epoch, "BLEU-4": entry["dev_bleu4"], "CIDEr": entry["dev_cider"], "beam_size": config.dev_beam_size}})
+            save_model(output / "best", decoder, vocabulary, {**model_config, "dev": {"epoch": epoch, "BLEU-4": entry["dev_bleu4"], "CIDEr": entry["dev_cider"], "beam_size": config.dev_beam_size}}, concept_detector=concept_setup and concept_setup.detector)
         else:
             bad_epochs += 1
-        save_model(output / "last", decoder, vocabulary, model_config)
+        save_model(output / "last", decoder, vocabulary, model_config, concept_detector=concept_setup and concept_setup.detector)
         _save_training_state(output / "last", optimizer, {"epoch": epoch, "step": step, "best_cider": best_cider, "bad_epochs": bad_epochs, "history": history})
         atomic_write_json(output / "history.json", history)
         plot_history(history, output / "history.png")

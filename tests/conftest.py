@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the example photos and to Flickr8k (tests needing it skip without it)."""
+"""Shared fixtures: paths to the example photos, Flickr8k and COCO mini dev (tests needing them skip without them)."""
 from pathlib import Path
 
 import pytest
@@ -7,12 +7,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 FLICKR8K = ROOT.parent / "shared" / "flickr8k"
+COCO_MINI_DEV = ROOT.parent / "shared" / "coco-mini-dev"
 
 torch.set_num_threads(1)
 
 needs_flickr8k = pytest.mark.skipif(
     not (FLICKR8K / "Flickr8k.token.txt").is_file(),
     reason=f"Flickr8k not found at {FLICKR8K} (see the README for how to get it)",
+)
+needs_coco_mini_dev = pytest.mark.skipif(
+    not (COCO_MINI_DEV / "captions.json").is_file(),
+    reason=f"COCO mini dev not found at {COCO_MINI_DEV} (80 COCO photos with captions and object labels)",
 )
 
 

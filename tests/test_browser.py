@@ -109,6 +109,21 @@ def wait_for_caption(page) -> str:
     return page.inner_text("#caption")
 
 
+def assert_tag_chips(page, tags: list[dict]) -> None:
+    """The photo's tags as a labelled list of chips, right under the caption, in the API's order."""
+    assert tags, "the example photo should have tags"
+    page.wait_for_selector("#tags li", state="visible")
+    assert page.get_attribute("#tags", "aria-label") == "Visual concepts"
+    assert page.evaluate("document.getElementById('caption').nextElementSibling.id") == "tags"
+    chips = page.locator("#tags li")
+    assert chips.count() == len(tags)
+    assert [chips.nth(i).locator(".tag-word").inner_text() for i in range(len(tags))] == [tag["word"] for tag in tags]
+    assert chips.first.locator(".tag-score").inner_text() == f"{round(tags[0]['score'] * 100)}%"
+    caption_box, chip_box = page.locator("#caption").bounding_box(), chips.first.bounding_box()
+    assert chip_box["y"] >= caption_box["y"] + caption_box["height"] - 1  # under the caption
+    assert page.evaluate("getComputedStyle(document.querySelector('#tags li')).borderRadius") != "0px"  # rounded chips
+
+
 def test_upload_shows_caption_and_sets_alt(open_page, server_url, screenshot_folder):
     page = open_page()
     held = []  # hold the request so the progress indicator can be seen
@@ -128,6 +143,7 @@ def test_upload_shows_caption_and_sets_alt(open_page, server_url, screenshot_fol
     assert caption.lower().rstrip(".") == expected["captions"][0]["text"].lower().rstrip(".")
     assert page.is_visible("#copy")
     assert "512" in page.inner_text("#timing")
+    assert_tag_chips(page, expected["tags"])
     path = screenshot(page, screenshot_folder, "desktop-caption.png")
     assert path.stat().st_size > 10_000
     assert all(url.startswith(server_url) or url.startswith(("blob:", "data:")) for url in page.requested), page.requested
@@ -142,8 +158,14 @@ def test_phone_width_with_alternatives(open_page, screenshot_folder):
 
     assert page.get_attribute("#preview", "alt") == caption
     assert page.locator("#alternatives li").count() == 2
+    assert page.locator("#tags li").count() >= 1 and page.is_visible("#tags li")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing overflows sideways
     screenshot(page, screenshot_folder, "phone-caption.png")
+    chip_colours = "(() => { const style = getComputedStyle(document.querySelector('#tags li')); return [style.backgroundColor, style.color]; })()"
+    light = page.evaluate(chip_colours)
+    page.emulate_media(color_scheme="dark")
+    assert page.evaluate(chip_colours) != light  # the chips follow the dark theme
+    screenshot(page, screenshot_folder, "phone-caption-dark.png")
 
 
 def test_keyboard_only(open_page, screenshot_folder):

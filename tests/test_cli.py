@@ -35,6 +35,39 @@ def test_caption_json_nbest(tmp_path):
         assert all(c["text"] for c in row["captions"])
 
 
+def assert_tags(tags):
+    """A non-empty list of {"word", "score"}, scores in [0, 1], most probable first."""
+    assert isinstance(tags, list) and tags
+    assert all(set(tag) == {"word", "score"} and isinstance(tag["word"], str) and tag["word"].strip() for tag in tags)
+    scores = [tag["score"] for tag in tags]
+    assert all(0.0 <= score <= 1.0 for score in scores) and scores == sorted(scores, reverse=True)
+
+
+def test_caption_tags_column():
+    chelsea = str(EXAMPLES / "chelsea.jpg")
+    plain = run("caption", chelsea)
+    result = run("caption", chelsea, "--tags", "--num-captions", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    rows = [line.split("\t") for line in lines]
+    assert all(len(row) == 3 and row[0] == chelsea for row in rows)
+    assert rows[0][1] == plain.stdout.strip().split("\t")[1]  # the caption column is unchanged
+    assert rows[0][2] == rows[1][2]  # the photo's tags, on each of its captions
+    pairs = [pair.rsplit(":", 1) for pair in rows[0][2].split(",")]
+    assert all(len(pair) == 2 and pair[0].strip() and len(pair[1].split(".")[1]) == 2 for pair in pairs)  # word:0.98
+    assert_tags([{"word": word, "score": float(score)} for word, score in pairs])
+    assert len(plain.stdout.strip().split("\t")) == 2  # without --tags: two columns, as before
+
+
+def test_caption_json_has_tags():
+    result = run("caption", str(EXAMPLES / "chelsea.jpg"), "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert set(row) == {"path", "captions", "tags"}
+    assert_tags(row["tags"])
+
+
 def test_bad_files_are_reported_and_the_rest_captioned(tmp_path):
     shutil.copy(EXAMPLES / "chelsea.jpg", tmp_path / "a_good.jpg")
     (tmp_path / "b_empty.jpg").write_bytes(b"")

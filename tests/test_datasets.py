@@ -5,7 +5,7 @@ import pytest
 
 from captioner.datasets import hash_split, load_dataset
 from captioner.errors import DatasetError
-from conftest import FLICKR8K, needs_flickr8k
+from conftest import COCO_MINI_DEV, FLICKR8K, needs_coco_mini_dev, needs_flickr8k
 
 
 def write_flickr8k(folder):
@@ -55,6 +55,67 @@ def test_coco_captions_json(tmp_path):
     assert {r.image: (r.split, r.captions) for r in dataset.records} == {"x.jpg": ("dev", ["A bus.", "A red bus."]), "y.jpg": ("dev", ["A plate."])}
 
 
+COCO_CAPTIONS = {"images": [{"id": 1, "file_name": "x.jpg"}, {"id": 2, "file_name": "y.jpg"}, {"id": 3, "file_name": "z.jpg"}],
+                 "annotations": [{"image_id": 1, "caption": "A man on a bus."}, {"image_id": 1, "caption": "A red bus."},
+                                 {"image_id": 2, "caption": "A plate."}, {"image_id": 3, "caption": "Two dogs."}]}
+COCO_INSTANCES = {"categories": [{"id": 1, "name": "person"}, {"id": 6, "name": "bus"}, {"id": 18, "name": "dog"}],
+                  "annotations": [{"image_id": 1, "category_id": 6}, {"image_id": 1, "category_id": 1}, {"image_id": 1, "category_id": 6},
+                                  {"image_id": 3, "category_id": 18}, {"image_id": 99, "category_id": 1}]}
+
+
+def write_coco_folder(folder, instances=True):
+    (folder / "images").mkdir(parents=True)
+    (folder / "captions.json").write_text(json.dumps(COCO_CAPTIONS))
+    if instances:
+        (folder / "instances.json").write_text(json.dumps(COCO_INSTANCES))
+
+
+def test_coco_folder_with_object_labels(tmp_path):
+    write_coco_folder(tmp_path / "mini-val")
+    dataset = load_dataset(tmp_path / "mini-val")
+    assert dataset.name == "mini-val" and dataset.image_root == tmp_path / "mini-val" / "images"
+    assert [(r.image, r.split, r.captions, r.objects) for r in dataset.records] == [
+        ("x.jpg", "dev", ["A man on a bus.", "A red bus."], ["bus", "person"]),  # deduplicated, sorted
+        ("y.jpg", "dev", ["A plate."], []),
+        ("z.jpg", "dev", ["Two dogs."], ["dog"]),
+    ]
+    assert load_dataset(tmp_path / "mini-val" / "captions.json").records == dataset.records
+
+
+@pytest.mark.parametrize("name, split", [("coco-mini-dev", "dev"), ("val2017", "dev"), ("coco-train", "train"), ("photos", "test")])
+def test_coco_folder_split_comes_from_its_name(tmp_path, name, split):
+    write_coco_folder(tmp_path / name, instances=False)
+    dataset = load_dataset(tmp_path / name)
+    assert {r.split for r in dataset.records} == {split}
+    assert all(r.objects == [] for r in dataset.records)
+
+
+def test_coco_captions_file_picks_up_instances_beside_it(tmp_path):
+    (tmp_path / "captions_val2014.json").write_text(json.dumps(COCO_CAPTIONS))
+    (tmp_path / "instances_val2014.json").write_text(json.dumps(COCO_INSTANCES))
+    (tmp_path / "instances_train2014.json").write_text("not read")
+    dataset = load_dataset(tmp_path / "captions_val2014.json")
+    assert {r.image: r.objects for r in dataset.records} == {"x.jpg": ["bus", "person"], "y.jpg": [], "z.jpg": ["dog"]}
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("captions.json", "{not json", r"captions\.json: not valid JSON"),
+    ("captions.json", "[1, 2]", r"captions\.json: expected a JSON object"),
+    ("captions.json", json.dumps({"images": [{"id": 1}], "annotations": []}), r"captions\.json: not a COCO caption file.*file_name"),
+    ("captions.json", json.dumps({"images": [{"id": 1, "file_name": "x.jpg"}], "annotations": [{"image_id": 1, "caption": 5}]}), r"captions\.json: every"),
+    ("instances.json", "{", r"instances\.json: not valid JSON"),
+    ("instances.json", json.dumps({"annotations": []}), r"instances\.json: not a COCO instance file.*categories"),
+    ("instances.json", json.dumps({"categories": [{"id": 1, "name": "person"}], "annotations": [{"image_id": 1, "category_id": 7}]}),
+     r"instances\.json: an annotation names category_id 7"),
+])
+def test_malformed_coco_folder_is_a_one_line_error_naming_the_file(tmp_path, file, content, message):
+    write_coco_folder(tmp_path / "coco")
+    (tmp_path / "coco" / file).write_text(content)
+    with pytest.raises(DatasetError, match=message) as error:
+        load_dataset(tmp_path / "coco")
+    assert "\n" not in str(error.value)
+
+
 def test_own_csv_with_splits_and_jsonl_without(tmp_path):
     (tmp_path / "mine.csv").write_text("image,caption,split\np1.png,My dog .,train\np2.png,My cat .,val\n")
     dataset = load_dataset(tmp_path / "mine.csv", images=tmp_path)
@@ -100,3 +161,11 @@ def test_real_flickr8k_splits():
     dataset = load_dataset(FLICKR8K)
     assert [len(dataset.split(s)) for s in ("train", "dev", "test")] == [6000, 1000, 1000]
     assert all(len(r.captions) == 5 for r in dataset.records)
+
+
+@needs_coco_mini_dev
+def test_real_coco_mini_dev():
+    dataset = load_dataset(COCO_MINI_DEV)
+    assert len(dataset.records) == 80 and {r.split for r in dataset.records} == {"dev"}
+    assert all(len(r.captions) == 5 for r in dataset.records)
+    assert sum(bool(r.objects) for r in dataset.records) > 70

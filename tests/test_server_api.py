@@ -86,6 +86,20 @@ def test_example_photo_gets_a_caption(client, astronaut):
     assert body["timing_ms"]["total"] >= body["timing_ms"]["encode"] + body["timing_ms"]["generate"]
 
 
+def test_answer_has_the_photos_tags(client):
+    data = (EXAMPLES / "chelsea.jpg").read_bytes()
+    body = post_image(client, data, beam_size=3, num_captions=2).json()
+    tags = body["tags"]
+    assert isinstance(tags, list) and tags
+    assert all(set(tag) == {"word", "score"} and tag["word"].strip() and 0.0 <= tag["score"] <= 1.0 for tag in tags)
+    scores = [tag["score"] for tag in tags]
+    assert scores == sorted(scores, reverse=True)
+    expected = client.app.state.captioner.caption(data, beam_size=3, num_captions=2)
+    assert tags == [{"word": t.word, "score": t.score} for t in expected[0].tags]  # the captions' own tags
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "tags" in schema["CaptionResponse"]["properties"] and set(schema["Tag"]["properties"]) == {"word", "score"}
+
+
 def test_n_best_list_is_sorted_and_matches_the_python_api(client):
     data = (EXAMPLES / "chelsea.jpg").read_bytes()
     body = post_image(client, data, beam_size=4, num_captions=3).json()

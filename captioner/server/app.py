@@ -312,8 +312,8 @@ def _corrupt_image() -> ApiError:
     return ApiError(422, "invalid_image", "The image is corrupt or truncated and cannot be decoded; save or export it again and retry.")
 
 
-def caption_photo(captioner: Captioner, data: bytes, options: schemas.CaptionOptions, max_pixels: int) -> tuple[list[schemas.Caption], schemas.ImageSize, dict[str, float]]:
-    """Decode, encode and generate for one photo, timing each step in milliseconds."""
+def caption_photo(captioner: Captioner, data: bytes, options: schemas.CaptionOptions, max_pixels: int) -> tuple[list[schemas.Caption], list[schemas.Tag], schemas.ImageSize, dict[str, float]]:
+    """Decode, encode and generate for one photo, timing each step in milliseconds; the tags come with the captions."""
     started = time.perf_counter()
     image, size = decode_photo(data, max_pixels, captioner.preprocess_config)
     decoded = time.perf_counter()
@@ -322,7 +322,8 @@ def caption_photo(captioner: Captioner, data: bytes, options: schemas.CaptionOpt
     (captions,) = captioner.generate(features, beam_size=options.beam_size, num_captions=options.num_captions)
     generated = time.perf_counter()
     timings = {"decode": decoded - started, "encode": encoded - decoded, "generate": generated - encoded}
-    return [schemas.Caption(text=c.text, score=c.score) for c in captions], size, {k: round(v * 1000, 1) for k, v in timings.items()}
+    tags = [schemas.Tag(word=t.word, score=t.score) for t in (captions[0].tags if captions else [])]  # the photo's, on every caption
+    return [schemas.Caption(text=c.text, score=c.score) for c in captions], tags, size, {k: round(v * 1000, 1) for k, v in timings.items()}
 
 
 # ---- routes -------------------------------------------------------------------------------
@@ -347,6 +348,7 @@ router = APIRouter()
 async def create_caption(request: Request, captioner: CaptionerDependency, queue: QueueDependency, settings: SettingsDependency) -> schemas.CaptionResponse:
     """Upload a photo as the multipart field `image`, with optional fields `beam_size` and `num_captions`.
 
+    The answer holds the captions, best first, and the photo's visual concepts (`tags`), most probable first.
     The upload is held in memory only, never written to disk or logged.
     """
     started = time.perf_counter()
@@ -356,13 +358,13 @@ async def create_caption(request: Request, captioner: CaptionerDependency, queue
                 data, options = await asyncio.wait_for(read_caption_form(request, settings.max_upload_bytes), settings.upload_timeout)
             except asyncio.TimeoutError:
                 raise ApiError(408, "upload_timeout", f"The upload took longer than {settings.upload_timeout:g} s; check the connection and try again.") from None
-            captions, size, timings = await queue.run(caption_photo, captioner, data, options, settings.max_pixels)
+            captions, tags, size, timings = await queue.run(caption_photo, captioner, data, options, settings.max_pixels)
     except ApiError as error:
         if error.status not in (408, 413):  # those two are about the body itself: never wait for more of it
             await discard_body(request, settings.max_upload_bytes + MULTIPART_OVERHEAD, timeout=2.0)
         raise
     timings["total"] = round((time.perf_counter() - started) * 1000, 1)
-    return schemas.CaptionResponse(captions=captions, model=captioner.name, image=size, timing_ms=schemas.Timings(**timings))
+    return schemas.CaptionResponse(captions=captions, tags=tags, model=captioner.name, image=size, timing_ms=schemas.Timings(**timings))
 
 
 @router.get("/api/model", response_model=schemas.ModelInfo, summary="The loaded model", responses=_errors(503))

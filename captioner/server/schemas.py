@@ -33,6 +33,13 @@ class Caption(BaseModel):
     score: float = Field(description="Length-normalised log-probability; higher is better.")
 
 
+class Tag(BaseModel):
+    """A visual concept of the photo: an everyday word and its probability."""
+
+    word: str = Field(description="An everyday word or short phrase, e.g. `cat` or `oil rig`.")
+    score: float = Field(ge=0, le=1, description="Probability that the photo shows it, 0 to 1.")
+
+
 class ImageSize(BaseModel):
     width: int = Field(description="Pixels, after EXIF rotation.")
     height: int
@@ -49,6 +56,7 @@ class Timings(BaseModel):
 
 class CaptionResponse(BaseModel):
     captions: list[Caption] = Field(description="Best first.")
+    tags: list[Tag] = Field(description="The photo's visual concepts, most probable first; may be empty.")
     model: str
     image: ImageSize
     timing_ms: Timings

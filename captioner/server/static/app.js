@@ -11,7 +11,7 @@
     beamSize: $("beam-size"), numCaptions: $("num-captions"),
     result: $("result"), progress: $("progress"), placeholder: $("placeholder"),
     error: $("error"), errorTitle: $("error-title"), errorMessage: $("error-message"),
-    answer: $("answer"), caption: $("caption"), bestScore: $("best-score"), copy: $("copy"), copyLabel: $("copy-label"),
+    answer: $("answer"), caption: $("caption"), tags: $("tags"), bestScore: $("best-score"), copy: $("copy"), copyLabel: $("copy-label"),
     alternativesBlock: $("alternatives-block"), alternatives: $("alternatives"), timing: $("timing"), status: $("status"),
   };
 
@@ -122,11 +122,35 @@
     if (hadFocus) elements.chooseAnother.focus(); // the button that had focus is now hidden
   }
 
+  function percent(score) {
+    return `${Math.round(score * 100)}%`;
+  }
+
+  function showTags(tags) {
+    // the photo's visual concepts as chips under the caption, most probable first
+    elements.tags.replaceChildren(...tags.map((tag) => {
+      const item = document.createElement("li");
+      item.className = "tag";
+      item.title = `${tag.word}: ${percent(tag.score)} likely`;
+      const word = document.createElement("span");
+      word.className = "tag-word";
+      word.textContent = tag.word;
+      const score = document.createElement("span");
+      score.className = "tag-score";
+      score.textContent = percent(tag.score);
+      item.append(word, score);
+      return item;
+    }));
+    elements.tags.hidden = tags.length === 0;
+  }
+
   function showAnswer(body) {
     const [best, ...others] = body.captions;
     const text = sentence(best.text);
+    const tags = body.tags || [];
     elements.caption.textContent = text;
     elements.preview.alt = text;
+    showTags(tags);
     elements.bestScore.textContent = `score ${formatScore(best.score)}`;
     elements.bestScore.title = "Average log-probability per word; closer to zero is more confident.";
     elements.alternatives.replaceChildren(...others.map((caption) => {
@@ -152,7 +176,7 @@
     elements.timing.textContent = `${width.toLocaleString()} \u00d7 ${height.toLocaleString()} px \u00b7 captioned in ${Math.round(body.timing_ms.total)} ms`;
     resetCopyButton();
     show("answer");
-    elements.status.textContent = `Caption: ${text}`;
+    elements.status.textContent = `Caption: ${text}` + (tags.length ? ` Visual concepts: ${tags.map((tag) => tag.word).join(", ")}.` : "");
     const box = elements.caption.getBoundingClientRect();
     if (box.top > window.innerHeight || box.bottom < 0) {
       // on a phone the caption sits below the photo: bring it into view
