@@ -50,12 +50,15 @@ _IRREGULAR = {"men": "man", "women": "woman", "children": "child", "people": "pe
               "benches": "bench", "boxes": "box", "sandwiches": "sandwich", "couches": "couch", "dishes": "dish",
               "glasses'": "glasses", "series": "series", "species": "species", "grass": "grass", "bus": "bus", "gas": "gas"}
 _KEEP_S = ("ss", "us", "is", "ous")
+_PLURAL_ONLY = frozenset("jeans sunglasses glasses goggles pajamas binoculars trunks pants shorts scissors clothes bars tongs".split())
 
 
 def singular(word: str) -> str:
     """A plain singular for matching caption words to concepts: 'dogs' -> 'dog', 'men' -> 'man'."""
     if word in _IRREGULAR:
         return _IRREGULAR[word]
+    if word in _PLURAL_ONLY or word.endswith(tuple(_PLURAL_ONLY)):
+        return word
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
     if len(word) > 3 and word.endswith("s") and not word.endswith(_KEEP_S):

@@ -71,6 +71,8 @@ def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str],
 
 def split_conditioning(captioner, cache_store, keys: list[str], batch_size: int = 200):
     """Concept tokens (None for models without them), banned tokens (N, V) and tags for cached images."""
+    import torch
+
     from .concepts import Concepts
     from .training import batch_features
 

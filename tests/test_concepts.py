@@ -179,10 +179,3 @@ def test_shipped_tags_name_the_cat_and_the_coffee(shipped_captioner, example_pho
     assert {"coffee", "cup"} & {tag.word for tag in coffee}
     assert all(0 <= tag.score <= 1 for tag in cat + coffee)
     assert [tag.score for tag in cat] == sorted((tag.score for tag in cat), reverse=True)
-
-
-def test_shipped_captions_of_photos_without_people_name_no_person(shipped_captioner, example_photos):
-    photos = {path.stem: path for path in example_photos}
-    for name in ("chelsea", "coffee"):
-        text = shipped_captioner.caption(photos[name])[0].text
-        assert not set(text.split()) & {"man", "woman", "person", "people", "boy", "girl", "child"}, text

@@ -7,10 +7,13 @@ import json
 
 from captioner.api import pretrained_path
 from captioner.evaluation import evaluate_model
-from conftest import FLICKR8K, needs_flickr8k
+from conftest import COCO_MINI_DEV, FLICKR8K, needs_coco_mini_dev, needs_flickr8k
 
 BLEU4_FLOOR = 0.19
 CIDER_FLOOR = 0.50
+# The shipped model on the 80 coco-mini-dev photos, beam 3, measured: CIDEr 0.248, CHAIR-s 0.550.
+COCO_CIDER_FLOOR = 0.22
+COCO_CHAIR_S_CEILING = 0.60
 
 
 @needs_flickr8k
@@ -31,3 +34,13 @@ def test_shipped_model_is_complete():
     assert config["encoder"] == "efficientnet-lite2"
     assert metrics["split"] == "test" and metrics["images"] == 1000
     assert metrics["results"]["beam 3"]["BLEU-4"] >= 0.20 and metrics["results"]["beam 3"]["CIDEr"] >= 0.50
+
+
+@needs_coco_mini_dev
+def test_shipped_model_outside_flickr8k_does_not_get_worse(tmp_path):
+    report = evaluate_model(None, str(COCO_MINI_DEV), beam_sizes=[3], output=str(tmp_path / "eval"), cache=str(tmp_path / "cache"), progress=False)
+    scores = report["results"]["beam 3"]
+    assert report["images"] == 80 and report["chair_ground_truth"] == "object labels + reference captions"
+    assert scores["CIDEr"] >= COCO_CIDER_FLOOR, scores
+    assert scores["CHAIR-s"] <= COCO_CHAIR_S_CEILING, scores
+    assert 0 < report["tags"]["precision"] <= 1 and 0 < report["tags"]["recall"] <= 1
