@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .concepts import PERSON_OUTPUT, PERSON_WORDS, SOURCE_DETECTOR, SOURCE_IMAGENET, WordDetector, numpy_labels, singular
+from .concepts import PERSON_OUTPUT, PERSON_WORDS, SOURCE_DETECTOR, SOURCE_IMAGENET, ConceptDetector, WordDetector, numpy_labels, singular
 
 STOPWORDS = frozenset(
     "a an the is are was were be been being of in on at to from for with without by and or but as into onto over under "
@@ -175,7 +175,7 @@ class ConceptSetup:
     """What training with concepts needs: the fitted detector, concepts of every train and dev
     photo (train ones out of fold), the measured noise and the caption-text photos' true concepts."""
 
-    detector: "ConceptDetector"
+    detector: ConceptDetector
     train_concepts: list[list[tuple[int, float]]]
     dev_concepts: list[list[tuple[int, float]]]
     noise: ConceptNoise
@@ -191,8 +191,6 @@ def fit_concepts(
 ) -> ConceptSetup:
     """Train the word detectors (out of fold for the train photos, then on all of them), measure
     their noise, and compute every photo's concept list."""
-    from .concepts import ConceptDetector
-
     words = choose_detector_words(train_captions, max_words=detector_words)
     labels = torch.from_numpy(numpy_labels(train_captions, words))
     log(f"concepts: {len(words) - 1} detector words; fitting out-of-fold detectors on {len(labels)} photos")
