@@ -8,8 +8,9 @@ from typing import Sequence
 
 import torch
 
+from .chair import coco_categories
 from .checkpoint import load_concept_detector, load_model, read_metrics
-from .concepts import PERSON_WORDS, ConceptDetector, ConceptTable, Tag, concept_inputs, concept_word_ids, imagenet_head, tags_from_probabilities
+from .concepts import PERSON_WORDS, SOURCE_IMAGENET, ConceptDetector, ConceptTable, Tag, animal_words, concept_inputs, concept_word_ids, imagenet_head, singular, tags_from_probabilities
 from .decoders import Features
 from .decoding import DecodingOptions, Hypothesis, beam_search, greedy, sample
 from .encoders import PreprocessConfig, create_encoder, preprocess
@@ -51,6 +52,9 @@ class Captioner:
         self.length_penalty = float(decoding.get("length_penalty", 1.0))
         self.no_repeat_ngram_size = int(decoding.get("no_repeat_ngram_size", 3))
         self._set_concepts(config.get("concepts") or {})
+        # COCO's object names other than people's: a caption names each at most once
+        object_names = {name for category, names in coco_categories().items() if category != "person" for name in names if " " not in name}
+        self.once_tokens = frozenset(index for word, index in self.vocabulary.stoi.items() if word in object_names)
 
     def _set_concepts(self, settings: dict, detector: ConceptDetector | None = None) -> None:
         """Concept detection for tags, concept tokens and the person rule. A model trained without
@@ -67,6 +71,29 @@ class Captioner:
         person_ids = [index for word, index in self.vocabulary.stoi.items() if word in PERSON_WORDS]
         self.person_tokens = torch.zeros(len(self.vocabulary), dtype=torch.bool, device=self.device)
         self.person_tokens[person_ids] = True
+        # Words named only with evidence: each vocabulary form ("dog", "dogs") and its concept column
+        self.guard_floor = float(settings.get("guard_floor", 0.02))
+        column = {word: index for index, word in enumerate(detector.words)}
+        evidence_of = {word: column[word] for word in set(settings.get("guarded_words", [])) & set(column)}
+        for word in list(evidence_of):  # every name of it: a guarded "dog" is no "puppy" either
+            for names in coco_categories().values():
+                if word in names:
+                    evidence_of.update({name: column[word] for name in names if " " not in name})
+        pairs = [(evidence_of[token], index) for token, index in self.vocabulary.stoi.items() if token in evidence_of]
+        pairs += [(evidence_of[singular(token)], index) for token, index in self.vocabulary.stoi.items() if token not in evidence_of and singular(token) in evidence_of]
+        self.guard_columns = torch.tensor([c for c, _ in pairs], dtype=torch.long, device=self.device)  # (P,)
+        self.guard_tokens = torch.tensor([t for _, t in pairs], dtype=torch.long, device=self.device)  # (P,)
+        # Animal words only where ImageNet sees an animal (models trained without a floor: never banned)
+        self.animal_floor = float(settings.get("animal_floor", 0.0))
+        animals = animal_words(detector.table)
+        self.animal_tokens = torch.tensor([index for token, index in self.vocabulary.stoi.items() if singular(token) in animals], dtype=torch.long, device=self.device)
+        # Object penalty: COCO object words (people aside) ImageNet sees no trace of lose this much log-probability
+        self.object_penalty = float(settings.get("object_penalty", 0.0))
+        imagenet_words = {word: index for index, (word, source) in enumerate(zip(detector.words, detector.sources)) if source == SOURCE_IMAGENET}
+        objects = {singular(name) for category, names in coco_categories().items() if category != "person" for name in names if " " not in name}
+        pairs = [(imagenet_words[singular(token)], index) for token, index in self.vocabulary.stoi.items() if singular(token) in objects and singular(token) in imagenet_words]
+        self.penalty_columns = torch.tensor([c for c, _ in pairs], dtype=torch.long, device=self.device)  # (R,)
+        self.penalty_tokens = torch.tensor([t for _, t in pairs], dtype=torch.long, device=self.device)  # (R,)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Captioner":
@@ -96,6 +123,7 @@ class Captioner:
             max_length=max_length or self.decoder.config.max_length,
             length_penalty=self.length_penalty,
             no_repeat_ngram_size=self.no_repeat_ngram_size,
+            once=self.once_tokens,
         )
 
     def encode(self, images: Sequence[ImageInput]) -> Features:
@@ -120,17 +148,28 @@ class Captioner:
         results = [tags for start in range(0, len(batch), batch_size) for tags in self.tags_from_features(self.encode(batch[start : start + batch_size]), threshold, top_k)]
         return results[0] if single else results
 
-    def conditioning(self, features: Features) -> tuple[Features, torch.Tensor, list[list[Tag]]]:
+    def conditioning(self, features: Features) -> tuple[Features, torch.Tensor, torch.Tensor | None, list[list[Tag]]]:
         """What decoding needs besides the image: the features with concept tokens (for models
-        with a concept path), the tokens each image's caption must not use (B, V), and the tags."""
+        with a concept path), the tokens each image's caption must not use (B, V), what to add to
+        the log-probabilities of its words (B, V: minus the object penalty; None without one) and the tags."""
         probabilities, allowed = self.detect(features)
         tags = tags_from_probabilities(probabilities * allowed, self.concept_detector.words, self.tag_threshold, TAG_TOP_K)
         person_allowed = allowed.all(dim=1)  # (B,) only person words are ever disallowed
         banned = self.person_tokens[None, :] & ~person_allowed[:, None]  # (B, V)
+        if len(self.guard_tokens):
+            banned[:, self.guard_tokens] |= probabilities[:, self.guard_columns] < self.guard_floor  # (B, P)
+        if self.animal_floor > 0 and len(self.animal_tokens):
+            no_animal = self.concept_detector.animal_probability(features.pooled) < self.animal_floor  # (B,)
+            banned[:, self.animal_tokens] |= no_animal[:, None]
+        bias = None
+        if self.object_penalty > 0 and len(self.penalty_tokens):
+            unsupported = probabilities[:, self.penalty_columns] < self.guard_floor  # (B, R)
+            bias = torch.zeros(banned.shape, device=self.device)
+            bias[:, self.penalty_tokens] = -self.object_penalty * unsupported.float()
         if getattr(self.decoder.config, "max_concepts", 0):
             concepts = concept_inputs(probabilities, self.concept_word_ids, self.concept_sources, allowed, self.decoder.config.max_concepts, self.concept_min_score)
             features = features._replace(concepts=concepts)
-        return features, banned, tags
+        return features, banned, bias, tags
 
     def generate(
         self, features: Features, beam_size: int = 3, num_captions: int = 1, sampling: bool = False,
@@ -143,14 +182,14 @@ class Captioner:
         if not 1 <= num_captions <= most:
             raise CaptionerError(f"number of captions must be between 1 and {most}, got {num_captions}")
         options = self.decoding_options()
-        features, banned, tags = self.conditioning(features)
+        features, banned, bias, tags = self.conditioning(features)
         if sampling:
             generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-            results = sample(self.decoder, features, num_captions, temperature, top_p, options, generator, banned)
+            results = sample(self.decoder, features, num_captions, temperature, top_p, options, generator, banned, bias)
         elif beam_size == 1:
-            results = greedy(self.decoder, features, options, banned)
+            results = greedy(self.decoder, features, options, banned, bias)
         else:
-            results = beam_search(self.decoder, features, beam_size, num_captions, options, banned)
+            results = beam_search(self.decoder, features, beam_size, num_captions, options, banned, bias)
         return [[self._caption(hypothesis, image_tags) for hypothesis in hypotheses] for hypotheses, image_tags in zip(results, tags)]
 
     def _caption(self, hypothesis: Hypothesis, tags: list[Tag]) -> Caption:

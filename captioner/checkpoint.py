@@ -26,6 +26,7 @@ from .vocabulary import Vocabulary
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, VOCABULARY, METRICS = "model.safetensors", "config.json", "vocabulary.json", "metrics.json"
 CONCEPTS = "concepts.safetensors"  # word detectors, for models with concept tokens
+PERSON_BY_CLASS = "person_by_class"  # in CONCEPTS beside the detectors: P(person | ImageNet class)
 
 
 def _umask() -> int:
@@ -93,7 +94,10 @@ def save_model(folder: str | Path, decoder: torch.nn.Module, vocabulary: Vocabul
     folder = Path(folder)
     full_config = {"format_version": FORMAT_VERSION, **config, "decoder": decoder.config.to_dict()}
     if concept_detector is not None:
-        atomic_save_tensors(folder / CONCEPTS, unique_state_dict(concept_detector.detector, dtype), metadata={"format_version": str(FORMAT_VERSION)})
+        tensors = unique_state_dict(concept_detector.detector, dtype)
+        if concept_detector.person_by_class is not None:
+            tensors[PERSON_BY_CLASS] = concept_detector.person_by_class.float().contiguous().clone()
+        atomic_save_tensors(folder / CONCEPTS, tensors, metadata={"format_version": str(FORMAT_VERSION)})
     atomic_save_tensors(folder / WEIGHTS, unique_state_dict(decoder, dtype), metadata={"format_version": str(FORMAT_VERSION)})
     atomic_write_json(folder / VOCABULARY, vocabulary.to_dict())
     atomic_write_json(folder / CONFIG, full_config)
@@ -153,11 +157,18 @@ def load_concept_detector(folder: str | Path, config: dict, encoder):
     folder, settings = Path(folder), config.get("concepts")
     if not isinstance(settings, dict) or not isinstance(settings.get("detector_words"), list):
         raise CheckpointError(f"{folder / CONFIG}: 'concepts' must hold the detector words; the model folder is incomplete or from another version")
+    guarded = settings.get("guarded_words", [])
+    if not isinstance(guarded, list) or not all(isinstance(word, str) for word in guarded):
+        raise CheckpointError(f"{folder / CONFIG}: concepts.guarded_words must be a list of words; retrain or re-export the model")
     table = ConceptTable.load()  # its format is checked; its words may grow between versions (concepts are words)
     detector = ConceptDetector(table, imagenet_head(encoder), settings["detector_words"], encoder.feature_dim, int(settings.get("hidden_dim", 256)))
     try:
         tensors = load_file(folder / CONCEPTS)
+        by_class = tensors.pop(PERSON_BY_CLASS, None)
+        if by_class is not None and by_class.shape != (1000,):
+            raise RuntimeError(f"{PERSON_BY_CLASS} has shape {tuple(by_class.shape)}, not (1000,)")
         detector.detector.load_state_dict({name: tensor.float() for name, tensor in tensors.items()})
+        detector.person_by_class = by_class.float() if by_class is not None else None
     except (SafetensorError, OSError, RuntimeError) as error:
         raise CheckpointError(f"{folder / CONCEPTS}: unreadable or mismatched word detectors ({str(error).splitlines()[0]}); retrain or re-export the model") from None
     return detector.eval()
@@ -167,7 +178,7 @@ def copy_concepts(source: str | Path, target: str | Path, dtype: torch.dtype | N
     """Copy a model folder's word detectors (if it has them), optionally as another float type."""
     path = Path(source) / CONCEPTS
     if path.is_file():
-        tensors = {name: tensor.to(dtype) if dtype is not None else tensor for name, tensor in load_file(path).items()}
+        tensors = {name: tensor.to(dtype) if dtype is not None and name != PERSON_BY_CLASS else tensor for name, tensor in load_file(path).items()}
         atomic_save_tensors(Path(target) / CONCEPTS, tensors, metadata={"format_version": str(FORMAT_VERSION)})
 
 

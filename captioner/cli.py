@@ -137,7 +137,8 @@ def command_features(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import copy_concepts, load_model, save_model
+    from .checkpoint import copy_concepts, load_concept_detector, load_model, read_config, save_model
+    from .encoders import create_encoder
 
     output = Path(args.output)
     if output.exists() and any(output.iterdir()) and not args.force:
@@ -150,14 +151,26 @@ def command_export(args: argparse.Namespace) -> int:
         config.setdefault("decoding", {})["length_penalty"] = args.length_penalty
     if args.no_repeat_ngram_size is not None:
         config.setdefault("decoding", {})["no_repeat_ngram_size"] = args.no_repeat_ngram_size
-    for flag, key in (("person_threshold", "person_threshold"), ("tag_threshold", "tag_threshold")):
-        value = getattr(args, flag)
+    concepts_source = args.model
+    if args.concepts_from:  # another run's detectors, person rule and guarded words for this decoder
+        if "concepts" in config:
+            raise CaptionerError(f"{args.model} already has concepts; --concepts-from is for models without them")
+        source = read_config(args.concepts_from)
+        if "concepts" not in source:
+            raise CaptionerError(f"{args.concepts_from} has no concepts; pass a model trained with a concepts config")
+        for key in ("encoder", "preprocess"):
+            if source.get(key) != config.get(key):
+                raise CaptionerError(f"{args.concepts_from} was trained with another {key} ({source.get(key)} vs {config.get(key)}); its concepts do not fit")
+        load_concept_detector(args.concepts_from, source, create_encoder(source["encoder"]))  # refuse a broken file before writing
+        config["concepts"], concepts_source = source["concepts"], args.concepts_from
+    for key, most in (("person_threshold", 1.0), ("tag_threshold", 1.0), ("animal_floor", 1.0), ("object_penalty", 100.0)):
+        value = getattr(args, key)
         if value is not None:
-            if "concepts" not in config or not 0 <= value <= 1:
-                raise CaptionerError(f"--{flag.replace('_', '-')} needs a model with concepts and a value between 0 and 1")
+            if "concepts" not in config or not 0 <= value <= most:
+                raise CaptionerError(f"--{key.replace('_', '-')} needs a model with concepts and a value between 0 and {most:g}")
             config["concepts"][key] = value
     save_model(output, decoder, vocabulary, config, dtype=torch.float16 if args.fp16 else None)
-    copy_concepts(args.model, output, dtype=torch.float16 if args.fp16 else None)
+    copy_concepts(concepts_source, output, dtype=torch.float16 if args.fp16 else None)
     size = (output / "model.safetensors").stat().st_size / 2**20
     print(f"exported {args.model} to {output} ({size:.1f} MiB{', float16' if args.fp16 else ''})")
     return 0
@@ -245,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-repeat-ngram-size", type=int, help="default repeated n-gram ban stored with the model")
     export.add_argument("--person-threshold", type=float, help="person probability (0-1) under which captions name no person")
     export.add_argument("--tag-threshold", type=float, help="probability (0-1) a tag needs to be shown")
+    export.add_argument("--animal-floor", type=float, help="ImageNet animal probability (0-1) under which captions name no animal")
+    export.add_argument("--object-penalty", type=float, help="log-probability taken from COCO object words ImageNet sees no trace of (0 = off)")
+    export.add_argument("--concepts-from", help="give a model trained without concepts the word detectors, person rule and guarded words of this model folder (same encoder)")
     export.add_argument("--force", action="store_true")
     export.set_defaults(handler=command_export)
 

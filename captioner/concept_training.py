@@ -10,13 +10,19 @@
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .concepts import PERSON_OUTPUT, PERSON_WORDS, SOURCE_DETECTOR, SOURCE_IMAGENET, ConceptDetector, WordDetector, numpy_labels, singular
+from .concepts import (
+    ANIMAL_CLASSES, PERSON_OUTPUT, PERSON_WORDS, SOURCE_DETECTOR, SOURCE_IMAGENET, ConceptDetector, WordDetector, animal_floor, animal_words, guarded_words,
+    numpy_labels, person_by_class, singular,
+)
 
 STOPWORDS = frozenset(
     "a an the is are was were be been being of in on at to from for with without by and or but as into onto over under "
@@ -81,6 +87,29 @@ def out_of_fold(grids: list[torch.Tensor], labels: torch.Tensor, feature_dim: in
         detector = train_word_detector([g[kept] for g in grids], labels[kept], feature_dim, seed=seed + fold, **options)
         probabilities[held_out] = detect(detector, grids[0][held_out])
     return probabilities
+
+
+def _fitted_detectors(grids, labels, words, feature_dim, epochs, seed, store: Path | None, log) -> tuple[torch.Tensor, WordDetector]:
+    """Out-of-fold probabilities (N, W) and the detector fitted on all photos, from `store` when a
+    run with the same photos, words and settings already fitted them."""
+    from safetensors.torch import load_file
+
+    from .checkpoint import atomic_save_tensors
+
+    key = hashlib.sha256(json.dumps([words, labels.shape[0], float(labels.sum()), [g.shape[1:] for g in grids], len(grids), epochs, seed]).encode()).hexdigest()[:16]
+    path = store / f"detectors-{key}.safetensors" if store is not None else None
+    if path is not None and path.is_file():
+        tensors = load_file(path)
+        detector = WordDetector(len(words), feature_dim, tensors["detector.hidden.weight"].shape[0])
+        detector.load_state_dict({name[len("detector."):]: value for name, value in tensors.items() if name.startswith("detector.")})
+        log(f"concepts: reusing the word detectors fitted earlier ({path})")
+        return tensors["out_of_fold"], detector.eval()
+    log(f"concepts: {len(words) - 1} detector words; fitting out-of-fold detectors on {len(labels)} photos")
+    probabilities = out_of_fold(grids, labels, feature_dim, seed=seed, epochs=epochs)
+    detector = train_word_detector(grids, labels, feature_dim, epochs=epochs, seed=seed)
+    if path is not None:
+        atomic_save_tensors(path, {"out_of_fold": probabilities.contiguous(), **{f"detector.{name}": value.contiguous() for name, value in detector.state_dict().items()}})
+    return probabilities, detector
 
 
 @dataclass
@@ -188,19 +217,21 @@ def fit_concepts(
     table, head, train_grids: list[torch.Tensor], train_pooled: torch.Tensor, train_captions: list[list[list[str]]],
     dev_grid: torch.Tensor, dev_pooled: torch.Tensor, feature_dim: int, max_concepts: int, min_score: float,
     person_threshold: float, detector_words: int = 400, detector_epochs: int = 8, seed: int = 0, log=print,
+    store: Path | None = None, guard_floor: float = 0.02,
 ) -> ConceptSetup:
     """Train the word detectors (out of fold for the train photos, then on all of them), measure
-    their noise, and compute every photo's concept list."""
+    their noise, and compute every photo's concept list. With `store` (a folder beside the feature
+    cache) fitted detectors are kept and reused by later runs on the same photos and settings."""
     words = choose_detector_words(train_captions, max_words=detector_words)
     labels = torch.from_numpy(numpy_labels(train_captions, words))
-    log(f"concepts: {len(words) - 1} detector words; fitting out-of-fold detectors on {len(labels)} photos")
-    out_of_fold_probabilities = out_of_fold(train_grids, labels, feature_dim, seed=seed, epochs=detector_epochs)
-    final = train_word_detector(train_grids, labels, feature_dim, epochs=detector_epochs, seed=seed)
+    out_of_fold_probabilities, final = _fitted_detectors(train_grids, labels, words, feature_dim, detector_epochs, seed, store, log)
     detector = ConceptDetector(table, head, words, feature_dim, hidden_dim=final.hidden.out_features)
     detector.detector.load_state_dict(final.state_dict())
     detector.eval()
+    person_column = words.index(PERSON_OUTPUT)
     with torch.inference_mode():
         classes = detector.imagenet_probabilities(train_pooled.float())
+        detector.person_by_class = person_by_class(classes, labels[:, person_column] > 0)
         train_probabilities, train_person = detector.combine(classes, out_of_fold_probabilities)
         dev_probabilities, dev_person = detector(dev_grid, dev_pooled)
     train_concepts = image_concept_lists(train_probabilities, detector.allowed(train_person, person_threshold), max_concepts, min_score)
@@ -217,14 +248,19 @@ def fit_concepts(
     false_counts = ((probabilities >= min_score) & (concept_labels == 0)).sum(axis=0).astype(np.float64)
     false_pool = np.flatnonzero(false_counts)
     labels_np = labels.numpy()
-    person_column = words.index(PERSON_OUTPUT)
+    table_columns = len(table.words)
+    guarded = guarded_words(train_probabilities[:, :table_columns], torch.from_numpy(concept_labels[:, :table_columns]), table.words, guard_floor)
+    animals = animal_words(table)
+    names_animal = torch.tensor([sum(any(singular(token) in animals for token in tokens) for tokens in captions) >= 2 for captions in train_captions])
+    floor_for_animals = animal_floor(classes[:, ANIMAL_CLASSES].sum(dim=1), names_animal)
     report = {
-        "detector_words": len(words) - 1, "noise": noise.to_dict(),
+        "detector_words": len(words) - 1, "noise": noise.to_dict(), "guarded_words": guarded, "guard_floor": guard_floor, "animal_floor": floor_for_animals,
         "out_of_fold_person": {
             "precision": float(((train_person.numpy() >= person_threshold) & (labels_np[:, person_column] > 0)).sum() / max(1, (train_person.numpy() >= person_threshold).sum())),
             "recall": float(((train_person.numpy() >= person_threshold) & (labels_np[:, person_column] > 0)).sum() / max(1, (labels_np[:, person_column] > 0).sum())),
         },
     }
+    log(f"concepts: words named only with evidence (ImageNet >= {guard_floor}): {', '.join(guarded) or 'none'}; animals only where ImageNet sees one (>= {floor_for_animals})")
     log(f"concepts: ImageNet recall {noise.imagenet.recall:.2f}, {noise.imagenet.false_per_photo:.2f} wrong words/photo; "
         f"detectors recall {noise.detector.recall:.2f}, {noise.detector.false_per_photo:.2f} wrong words/photo (out of fold, score >= {min_score})")
     return ConceptSetup(detector, train_concepts, dev_concepts, noise, false_pool, false_counts[false_pool] / false_counts[false_pool].sum(), report)

@@ -44,6 +44,11 @@ PERSON_WORDS = frozenset(
     "men's women's boy's girl's man's woman's cowboy diver bride groom hiker hikers tourists tourist".split()
 )
 
+# ImageNet-1k's standard class order lists its 398 animal synsets first (tench ... puffer).
+ANIMAL_CLASSES = slice(0, 398)
+# Words that only animal classes say but that captions also use for other things: food, verbs, sports.
+NOT_ONLY_ANIMALS = frozenset("fly flies flying cricket ray rays shell seal turkey chicken salmon lobster crab fish bug".split())
+
 _IRREGULAR = {"men": "man", "women": "woman", "children": "child", "people": "person", "mice": "mouse", "geese": "goose",
               "teeth": "tooth", "feet": "foot", "knives": "knife", "leaves": "leaf", "shelves": "shelf", "wolves": "wolf",
               "sheep": "sheep", "fish": "fish", "glasses": "glasses", "skis": "ski", "buses": "bus", "dresses": "dress",
@@ -176,9 +181,16 @@ class ConceptDetector(nn.Module):
         self.sources = [SOURCE_IMAGENET] * len(table.words) + [SOURCE_DETECTOR] * len(self.extra)
         self.person_index = self.detector_words.index(PERSON_OUTPUT) if PERSON_OUTPUT in self.detector_words else None
         self.register_buffer("is_person_word", torch.tensor([word in PERSON_WORDS for word in self.words]), persistent=False)
+        # P(person | ImageNet class), (1000,), from the training photos (`person_by_class`); None: detectors alone
+        self.register_buffer("person_by_class", None, persistent=False)
 
     def imagenet_probabilities(self, pooled: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.imagenet_head(pooled.float()), dim=-1)  # (B, 1000)
+
+    @torch.inference_mode()
+    def animal_probability(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B,) the ImageNet probability that the photo shows an animal."""
+        return self.imagenet_probabilities(pooled)[:, ANIMAL_CLASSES].sum(dim=-1)
 
     @torch.inference_mode()
     def forward(self, grid: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,6 +202,8 @@ class ConceptDetector(nn.Module):
         probabilities over `words` (B, W) and the probability that a person is in the photo (B,)."""
         imagenet = (classes @ self.membership).clamp(max=1.0)  # (B, W_table)
         person = detected[:, self.person_index] if self.person_index is not None else detected.new_zeros(len(detected))
+        if self.person_by_class is not None:  # the detectors only saw Flickr8k; ImageNet knows photos without people
+            person = torch.sqrt(person * (classes @ self.person_by_class).clamp(0.0, 1.0))
         if self.table.person_classes:  # a diver or a groom is a person whatever the detectors say
             person = torch.maximum(person, classes[:, self.table.person_classes].sum(dim=1))
         return torch.cat([imagenet, detected[:, self.extra]], dim=1), person  # (B, W), (B,)
@@ -198,6 +212,45 @@ class ConceptDetector(nn.Module):
         """(B, W) bool: every word, except person words where a person is unlikely."""
         return ~self.is_person_word[None, :] | (person >= person_threshold)[:, None]
 
+
+
+def person_by_class(classes: torch.Tensor, has_person: torch.Tensor, strength: float = 5.0, prior: float = 0.1) -> torch.Tensor:
+    """P(person | ImageNet class), (1000,), from photos' class probabilities (N, 1000) and whether
+    their captions name a person (N,): soft counts, shrunk towards `prior` with the weight of
+    `strength` photos. Classes the photos rarely show keep the prior: ImageNet's own photos of a
+    zebra or a microwave mostly have nobody in them."""
+    seen = classes.sum(dim=0)  # (1000,)
+    with_person = (classes * has_person.float()[:, None]).sum(dim=0)  # (1000,)
+    return (with_person + strength * prior) / (seen + strength)
+
+
+def guarded_words(imagenet: torch.Tensor, labels: torch.Tensor, words: list[str], floor: float, min_photos: int = 10, min_recall: float = 0.9) -> list[str]:
+    """The one-word concepts a caption may name only with evidence: those whose ImageNet
+    probability (N, W) reaches `floor` on at least `min_recall` of the training photos whose
+    captions name them (labels (N, W)), measured on at least `min_photos` photos."""
+    named = labels > 0
+    counts = named.sum(dim=0)  # (W,)
+    found = ((imagenet >= floor) & named).sum(dim=0)  # (W,)
+    return [word for word, n, k in zip(words, counts.tolist(), found.tolist()) if " " not in word and n >= min_photos and k >= min_recall * n]
+
+
+def animal_words(table: ConceptTable) -> frozenset[str]:
+    """Singular words naming an animal: COCO's animal categories and their names, and the table's
+    words that only animal classes say (less `NOT_ONLY_ANIMALS`)."""
+    from .chair import ANIMALS, coco_categories
+
+    names = {singular(name) for category in ANIMALS for name in coco_categories()[category] if " " not in name}
+    only_animals = {w for c in table.classes[ANIMAL_CLASSES] for w in c["words"]} - {w for c in table.classes[ANIMAL_CLASSES.stop :] for w in c["words"]}
+    return frozenset((names | {w for w in only_animals if " " not in w}) - NOT_ONLY_ANIMALS)
+
+
+def animal_floor(animal: torch.Tensor, names_animal: torch.Tensor, candidates=(0.2, 0.1, 0.05, 0.02, 0.01), min_recall: float = 0.95) -> float:
+    """The highest ImageNet animal probability that still finds `min_recall` of the photos whose
+    captions name an animal (animal (N,), names_animal (N,) bool); the lowest candidate otherwise."""
+    for floor in candidates:
+        if names_animal.any() and (animal[names_animal] >= floor).float().mean() >= min_recall:
+            return floor
+    return candidates[-1]
 
 
 def tags_from_probabilities(probabilities: torch.Tensor, words: list[str], threshold: float, top_k: int) -> list[list[Tag]]:

@@ -3,7 +3,8 @@
 All three work on any decoder with `init_state(features)` and `step(last_tokens, state)`
 (see `decoders.py`), mask the same tokens the same way (`_mask_logits`), and return, per image,
 an n-best list of `Hypothesis` sorted best first. A hypothesis' score is its length-normalised
-log-probability: sum of log p(word) over the words and `<eos>`, divided by length ** length_penalty.
+log-probability: sum of log p(word) over the words and `<eos>`, divided by length ** length_penalty
+(with the `bias` the caller added, e.g. the penalty of unsupported object words).
 """
 from __future__ import annotations
 
@@ -28,16 +29,23 @@ class DecodingOptions:
     length_penalty: float = 1.0  # 0: raw sum of log-probs; 1: mean log-prob per token
     no_repeat_ngram_size: int = 3  # 0 disables
     min_length: int = 1
+    once: frozenset[int] = frozenset()  # words a caption names at most once ("a sink and a sink")
 
 
 def normalised_score(log_prob: float, length: int, length_penalty: float) -> float:
     return log_prob / (max(length, 1) ** length_penalty)
 
 
-def _mask_logits(log_probs: torch.Tensor, prefixes: list[list[int]], step: int, options: DecodingOptions, banned: torch.Tensor | None = None) -> torch.Tensor:
+def _mask_logits(
+    log_probs: torch.Tensor, prefixes: list[list[int]], step: int, options: DecodingOptions, banned: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """-inf for tokens never to emit (<pad>, <bos>, <unk>, and per row the `banned` ones (rows, V)),
-    <eos> before min_length, and words that would repeat an n-gram already in the prefix."""
+    <eos> before min_length, the previous word again, once-only words already said, and words that
+    would repeat an n-gram already in the prefix. `bias` (rows, V) is added first (a penalty on
+    object words nothing in the photo supports)."""
     log_probs[:, [Vocabulary.pad_id, Vocabulary.bos_id, Vocabulary.unk_id]] = float("-inf")
+    if bias is not None:
+        log_probs += bias
     if banned is not None:
         log_probs.masked_fill_(banned, float("-inf"))
     if step < options.min_length:
@@ -46,6 +54,9 @@ def _mask_logits(log_probs: torch.Tensor, prefixes: list[list[int]], step: int, 
         keep = log_probs[:, Vocabulary.eos_id].clone()
         log_probs.fill_(float("-inf"))
         log_probs[:, Vocabulary.eos_id] = keep
+    for row, prefix in enumerate(prefixes):
+        if prefix:  # never the same word twice in a row, nor a once-only word again
+            log_probs[row, [prefix[-1], *(token for token in prefix if token in options.once)]] = float("-inf")
     n = options.no_repeat_ngram_size
     if n > 0 and step >= n - 1:
         for row, prefix in enumerate(prefixes):
@@ -66,16 +77,18 @@ def _reorder(state: State, indices: torch.Tensor) -> State:
     return {key: value.index_select(0, indices) for key, value in state.items()}
 
 
-def _banned_rows(banned: torch.Tensor | None, copies: int) -> torch.Tensor | None:
-    """Per-image banned tokens (B, V) -> per-row (B * copies, V), image-major."""
-    return banned.repeat_interleave(copies, dim=0) if banned is not None else None
+def _per_row(per_image: torch.Tensor | None, copies: int) -> torch.Tensor | None:
+    """Per-image banned tokens or biases (B, V) -> per-row (B * copies, V), image-major."""
+    return per_image.repeat_interleave(copies, dim=0) if per_image is not None else None
 
 
-def _one_path_per_row(decoder, features: Features, copies: int, options: DecodingOptions, choose, banned: torch.Tensor | None = None) -> list[Hypothesis]:
+def _one_path_per_row(
+    decoder, features: Features, copies: int, options: DecodingOptions, choose, banned: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+) -> list[Hypothesis]:
     """Extend `copies` captions per image one token at a time, each taking `choose(log_probs)`;
     returns batch * copies hypotheses, image-major."""
     batch = features.pooled.shape[0]
-    banned = _banned_rows(banned, copies)
+    banned, bias = _per_row(banned, copies), _per_row(bias, copies)
     state = _reorder(decoder.init_state(features), torch.arange(batch, device=features.pooled.device).repeat_interleave(copies))
     rows = batch * copies
     last = torch.full((rows,), Vocabulary.bos_id, dtype=torch.long, device=features.pooled.device)
@@ -84,7 +97,7 @@ def _one_path_per_row(decoder, features: Features, copies: int, options: Decodin
     finished = [False] * rows
     for step in range(options.max_length + 1):
         logits, state = decoder.step(last, state)
-        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options, banned)  # (rows, V)
+        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options, banned, bias)  # (rows, V)
         choice = choose(log_probs)  # (rows,)
         chosen_log_probs = log_probs.gather(1, choice[:, None]).squeeze(1).tolist()
         for row, token in enumerate(choice.tolist()):
@@ -102,15 +115,19 @@ def _one_path_per_row(decoder, features: Features, copies: int, options: Decodin
 
 
 @torch.inference_mode()
-def greedy(decoder, features: Features, options: DecodingOptions | None = None, banned: torch.Tensor | None = None) -> list[list[Hypothesis]]:
-    """The most likely word at every step; `banned` (B, V) marks words an image's caption must not use."""
+def greedy(
+    decoder, features: Features, options: DecodingOptions | None = None, banned: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+) -> list[list[Hypothesis]]:
+    """The most likely word at every step; `banned` (B, V) marks words an image's caption must not
+    use, `bias` (B, V) is added to the log-probabilities (see `_mask_logits`)."""
     options = _fit_to(decoder, options or DecodingOptions())
-    return [[hypothesis] for hypothesis in _one_path_per_row(decoder, features, 1, options, lambda log_probs: log_probs.argmax(dim=-1), banned)]
+    return [[hypothesis] for hypothesis in _one_path_per_row(decoder, features, 1, options, lambda log_probs: log_probs.argmax(dim=-1), banned, bias)]
 
 
 @torch.inference_mode()
 def beam_search(
-    decoder, features: Features, beam_size: int = 3, num_captions: int = 1, options: DecodingOptions | None = None, banned: torch.Tensor | None = None,
+    decoder, features: Features, beam_size: int = 3, num_captions: int = 1, options: DecodingOptions | None = None,
+    banned: torch.Tensor | None = None, bias: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search; returns the `num_captions` best finished captions per image."""
     options = _fit_to(decoder, options or DecodingOptions())
@@ -125,10 +142,10 @@ def beam_search(
     last = torch.full((batch * beam_size,), Vocabulary.bos_id, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     done = [False] * batch
-    banned = _banned_rows(banned, beam_size)  # beams stay in their image's block of rows
+    banned, bias = _per_row(banned, beam_size), _per_row(bias, beam_size)  # beams stay in their image's block of rows
     for step in range(options.max_length + 1):
         logits, state = decoder.step(last, state)
-        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options, banned)  # (B*K, V)
+        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options, banned, bias)  # (B*K, V)
         vocab = log_probs.shape[-1]
         candidates = (beam_log_probs[:, :, None] + log_probs.view(batch, beam_size, vocab)).view(batch, -1)  # (B, K*V)
         top_scores, top_indices = candidates.topk(2 * beam_size, dim=-1)  # (B, 2K)
@@ -167,7 +184,7 @@ def beam_search(
 @torch.inference_mode()
 def sample(
     decoder, features: Features, num_captions: int = 1, temperature: float = 1.0, top_p: float = 0.9,
-    options: DecodingOptions | None = None, generator: torch.Generator | None = None, banned: torch.Tensor | None = None,
+    options: DecodingOptions | None = None, generator: torch.Generator | None = None, banned: torch.Tensor | None = None, bias: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Nucleus sampling: `num_captions` independent samples per image, sorted by score."""
     options = _fit_to(decoder, options or DecodingOptions())
@@ -178,6 +195,6 @@ def sample(
         sorted_probs[sorted_probs.cumsum(dim=-1) - sorted_probs > top_p] = 0.0  # keep the smallest set reaching top_p
         return order.gather(1, torch.multinomial(sorted_probs, 1, generator=generator)).squeeze(1)
 
-    hypotheses = _one_path_per_row(decoder, features, num_captions, options, choose, banned)
+    hypotheses = _one_path_per_row(decoder, features, num_captions, options, choose, banned, bias)
     groups = [hypotheses[start : start + num_captions] for start in range(0, len(hypotheses), num_captions)]
     return [sorted(group, key=lambda h: h.score, reverse=True) for group in groups]

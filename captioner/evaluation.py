@@ -70,21 +70,23 @@ def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str],
 
 
 def split_conditioning(captioner, cache_store, keys: list[str], batch_size: int = 200):
-    """Concept tokens (None for models without them), banned tokens (N, V) and tags for cached images."""
+    """Concept tokens (None for models without them), banned tokens (N, V), log-probability
+    biases (N, V; None without an object penalty) and tags for cached images."""
     import torch
 
     from .concepts import Concepts
     from .training import batch_features
 
-    parts, banned, tags = [], [], []
+    parts, banned, bias, tags = [], [], [], []
     rows = cache_store.rows(keys)
     for start in range(0, len(rows), batch_size):
-        features, image_banned, image_tags = captioner.conditioning(batch_features(cache_store, rows[start : start + batch_size], captioner.device))
+        features, image_banned, image_bias, image_tags = captioner.conditioning(batch_features(cache_store, rows[start : start + batch_size], captioner.device))
         parts.append(features.concepts)
         banned.append(image_banned)
+        bias.append(image_bias)
         tags.extend(image_tags)
     concepts = None if parts[0] is None else Concepts(*(torch.cat(tensors) for tensors in zip(*parts)))
-    return concepts, torch.cat(banned), tags
+    return concepts, torch.cat(banned), None if bias[0] is None else torch.cat(bias), tags
 
 
 def tag_precision_recall(tags: dict[str, list[str]], references: dict[str, list[str]], vocabulary: list[str]) -> dict[str, float]:
@@ -154,13 +156,13 @@ def evaluate_model(
     references = {record.image: record.captions for record in records}
     true_objects = ground_truth(records)  # labelled objects + those the references name, for CHAIR
     results, captions = {}, {key: {"references": references[key]} for key in keys}
-    concepts, banned, tags = split_conditioning(captioner, cache_store, keys)
+    concepts, banned, bias, tags = split_conditioning(captioner, cache_store, keys)
     tag_scores = tag_precision_recall({key: [tag.word for tag in image_tags] for key, image_tags in zip(keys, tags)}, references, captioner.concept_detector.words)
     for key, image_tags in zip(keys, tags):
         captions[key]["tags"] = [[tag.word, tag.score] for tag in image_tags]
     for beam_size in beam_sizes:
         started = time.time()
-        tokens = decode_split(captioner.decoder, cache_store, keys, torch.device("cpu"), beam_size, captioner.decoding_options(), concepts=concepts, banned=banned)
+        tokens = decode_split(captioner.decoder, cache_store, keys, torch.device("cpu"), beam_size, captioner.decoding_options(), concepts=concepts, banned=banned, bias=bias)
         hypotheses = {key: captioner.vocabulary.decode(ids) for key, ids in zip(keys, tokens)}
         label = "greedy" if beam_size == 1 else f"beam {beam_size}"
         results[label] = {name: round(value, 4) for name, value in score_captions(references, hypotheses).items()}

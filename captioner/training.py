@@ -65,8 +65,10 @@ class TrainingConfig:
     caption_text: list = field(default_factory=list)  # [{"path": TSV, "per_epoch": N}]: N text-only examples a epoch
     paired_caption_text: bool = True  # caption-text captions of a training photo (same Flickr id) become its captions
     text_image_prob: float = 0.5  # share of text-only examples shown a random training photo, which they must not describe
+    paired_image_dropout: float = 0.0  # share of photo examples trained on their concepts alone (image hidden)
     concept_min_score: float = 0.1  # concepts below this probability are not given to the decoder
     person_threshold: float = 0.5  # person words only where the person probability reaches this
+    object_penalty: float = 2.0  # log-probability taken from object words ImageNet sees no trace of (decoding)
     detector_words: int = 400
     detector_epochs: int = 8
 
@@ -138,9 +140,10 @@ def make_optimizer(decoder: torch.nn.Module, config: TrainingConfig) -> torch.op
 
 def decode_split(
     decoder, cache: FeatureCache, keys: list[str], device: torch.device, beam_size: int, options: DecodingOptions,
-    batch_size: int = 100, concepts=None, banned: torch.Tensor | None = None,
+    batch_size: int = 100, concepts=None, banned: torch.Tensor | None = None, bias: torch.Tensor | None = None,
 ) -> list[list[int]]:
-    """Best caption ids per key; `concepts` (aligned with keys) and `banned` (N, V) tokens when the model uses them."""
+    """Best caption ids per key; `concepts` (aligned with keys), `banned` (N, V) tokens and a
+    log-probability `bias` (N, V) when the model uses them."""
     decoder.eval()
     rows = cache.rows(keys)
     results = []
@@ -150,10 +153,11 @@ def decode_split(
             index = torch.arange(start, min(start + batch_size, len(rows)))
             features = features._replace(concepts=concepts.index_select(index).to(device))
         ban = banned[start : start + batch_size] if banned is not None else None
+        offset = bias[start : start + batch_size] if bias is not None else None
         if beam_size == 1:
-            hypotheses = greedy(decoder, features, options, banned=ban)
+            hypotheses = greedy(decoder, features, options, banned=ban, bias=offset)
         else:
-            hypotheses = beam_search(decoder, features, beam_size=beam_size, options=options, banned=ban)
+            hypotheses = beam_search(decoder, features, beam_size=beam_size, options=options, banned=ban, bias=offset)
         results.extend(best[0].tokens for best in hypotheses)
     return results
 
@@ -188,7 +192,7 @@ def _fit_concepts(config: TrainingConfig, cache: FeatureCache, flip_cache, train
         [[tokenize(c) for c in captions] for captions in train_captions],
         torch.from_numpy(np.ascontiguousarray(cache.grid[dev_rows])), torch.from_numpy(np.ascontiguousarray(cache.pooled[dev_rows])),
         decoder_config.feature_dim, decoder_config.max_concepts, config.concept_min_score, config.person_threshold,
-        config.detector_words, config.detector_epochs, config.seed, log,
+        config.detector_words, config.detector_epochs, config.seed, log, store=cache.folder,
     )
 
 
@@ -357,6 +361,8 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
             "table_digest": concept_setup.detector.table.digest, "detector_words": concept_setup.detector.detector_words,
             "hidden_dim": concept_setup.detector.detector.hidden.out_features,
             "min_score": config.concept_min_score, "person_threshold": config.person_threshold,
+            "guarded_words": concept_setup.report["guarded_words"], "guard_floor": concept_setup.report["guard_floor"],
+            "animal_floor": concept_setup.report["animal_floor"], "object_penalty": config.object_penalty,
         }
     history: list[dict] = []
     start_epoch, step, best_cider, bad_epochs = 1, 0, -1.0, 0
@@ -381,11 +387,14 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
             epoch_lengths = np.concatenate([lengths_of_samples, [len(ids) for ids, _, _ in epoch_text]]).astype(int)
             batches = plan(np.random.default_rng(config.seed + epoch))
         total_loss, total_reward, count = 0.0, 0.0, 0
+        hide_rng = np.random.default_rng(config.seed + 3000 + epoch)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress, leave=False)
         for batch_number in bar:
             indices = batches[batch_number]
             if uses_concepts:
                 rows, sequences, concepts, has_image = _concept_batch(indices, samples, epoch_text, concept_setup, train_row_index, cache.rows(train_keys))
+                if config.paired_image_dropout > 0:  # photo examples captioned from their concepts alone
+                    has_image &= ~torch.from_numpy((hide_rng.random(len(indices)) < config.paired_image_dropout) & (indices < len(samples)))
             else:
                 rows = train_rows[indices] if config.self_critical else np.array([samples[i][0] for i in indices])
                 sequences = None if config.self_critical else [samples[i][1] for i in indices]

@@ -120,3 +120,33 @@ def test_python_api_accepts_paths_bytes_pil_and_arrays(shipped_captioner):
     assert len(set(texts)) == 1 and texts[0]
     single = shipped_captioner.caption(str(path), beam_size=1)
     assert isinstance(single, list) and single[0].text
+
+
+def test_export_gives_a_model_the_concepts_of_another(tmp_path, encoder):
+    import torch
+
+    from captioner.api import Captioner, pretrained_path
+    from captioner.checkpoint import read_config, save_model
+    from captioner.concepts import PERSON_OUTPUT, ConceptDetector, ConceptTable, imagenet_head
+    from helpers import tiny_decoder
+    from captioner.vocabulary import Vocabulary
+
+    shipped = read_config(pretrained_path())
+    words = ["dog", "grass", PERSON_OUTPUT]
+    detector = ConceptDetector(ConceptTable.load(), imagenet_head(encoder), words, 1280, hidden_dim=16).eval()
+    detector.person_by_class = torch.full((1000,), 0.1)
+    concepts = {"detector_words": words, "hidden_dim": 16, "min_score": 0.3, "person_threshold": 0.5, "guarded_words": ["dog"], "guard_floor": 0.02}
+    config = {"name": "donor", "encoder": shipped["encoder"], "preprocess": shipped["preprocess"], "decoding": {}, "concepts": concepts}
+    save_model(tmp_path / "donor", tiny_decoder("transformer", max_concepts=3, feature_dim=1280, grid_size=49), Vocabulary(["dog"]), config, concept_detector=detector)
+
+    refused = run("export", "--model", str(pretrained_path()), "--output", str(tmp_path / "out"), "--concepts-from", str(pretrained_path()))
+    assert refused.returncode == 2 and "has no concepts" in refused.stderr and not (tmp_path / "out").exists()
+    result = run("export", "--model", str(pretrained_path()), "--output", str(tmp_path / "out"), "--concepts-from", str(tmp_path / "donor"), "--fp16")
+    assert result.returncode == 0, result.stderr
+    captioner = Captioner.load(tmp_path / "out")
+    stoi = captioner.vocabulary.stoi
+    assert captioner.config["concepts"]["guarded_words"] == ["dog"]
+    assert {stoi["dog"], stoi["dogs"], stoi["puppy"]} <= set(captioner.guard_tokens.tolist())
+    assert torch.equal(captioner.concept_detector.person_by_class, detector.person_by_class)
+    twice = run("export", "--model", str(tmp_path / "out"), "--output", str(tmp_path / "again"), "--concepts-from", str(tmp_path / "donor"))
+    assert twice.returncode == 2 and "already has concepts" in twice.stderr

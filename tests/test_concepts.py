@@ -7,7 +7,8 @@ from captioner.caption_text import flickr30k_id, read_caption_text
 from captioner.checkpoint import load_concept_detector, load_model, save_model
 from captioner.concept_training import ConceptMatcher, ConceptNoise, SourceNoise, TextExamples, choose_detector_words, train_word_detector
 from captioner.concepts import (
-    PERSON_OUTPUT, SOURCE_DETECTOR, SOURCE_IMAGENET, ConceptDetector, ConceptTable, Concepts, WordDetector, concept_inputs, imagenet_head, singular,
+    PERSON_OUTPUT, SOURCE_DETECTOR, SOURCE_IMAGENET, ConceptDetector, ConceptTable, Concepts, WordDetector, concept_inputs, guarded_words,
+    imagenet_head, person_by_class, singular,
 )
 from captioner.decoders import Features
 from captioner.decoding import beam_search, greedy
@@ -157,6 +158,12 @@ def test_model_with_concepts_round_trips(tmp_path, encoder):
     with torch.no_grad():
         assert torch.equal(decoder(features, tokens), loaded(features, tokens))
     assert all(torch.equal(a, b) for a, b in zip(detector(grid, grid.mean(dim=1)), loaded_detector(grid, grid.mean(dim=1))))
+    assert loaded_detector.person_by_class is None
+    detector.person_by_class = torch.rand(1000)
+    save_model(tmp_path / "m", decoder, Vocabulary([f"w{i}" for i in range(16)]), config, concept_detector=detector)
+    loaded_detector = load_concept_detector(tmp_path / "m", loaded_config, encoder)
+    assert torch.equal(loaded_detector.person_by_class, detector.person_by_class)
+    assert torch.equal(detector(grid, grid.mean(dim=1))[1], loaded_detector(grid, grid.mean(dim=1))[1])
     (tmp_path / "m" / "concepts.safetensors").write_bytes(b"not tensors")
     with pytest.raises(CheckpointError, match="concepts.safetensors"):
         load_concept_detector(tmp_path / "m", loaded_config, encoder)
@@ -179,3 +186,52 @@ def test_shipped_tags_name_the_cat_and_the_coffee(shipped_captioner, example_pho
     assert {"coffee", "cup"} & {tag.word for tag in coffee}
     assert all(0 <= tag.score <= 1 for tag in cat + coffee)
     assert [tag.score for tag in cat] == sorted((tag.score for tag in cat), reverse=True)
+
+
+def test_person_by_class_is_learned_where_photos_show_the_class_and_the_prior_elsewhere():
+    classes = torch.zeros(40, 1000)
+    classes[:20, 0] = 1.0  # 20 photos of class 0, all with people
+    classes[20:, 1] = 1.0  # 20 photos of class 1, none with people
+    has_person = torch.arange(40) < 20
+    estimate = person_by_class(classes, has_person, strength=5.0, prior=0.1)
+    assert estimate[0] == pytest.approx((20 + 0.5) / 25)
+    assert estimate[1] == pytest.approx(0.5 / 25)
+    assert estimate[2] == pytest.approx(0.1)  # never seen: ImageNet's photos mostly have nobody
+
+
+def test_imagenet_evidence_lowers_the_detectors_person_probability(encoder):
+    detector = ConceptDetector(ConceptTable.load(), imagenet_head(encoder), ["dog", PERSON_OUTPUT], 1280, hidden_dim=8).eval()
+    classes = torch.zeros(2, 1000)
+    classes[0, 5], classes[1, 6] = 1.0, 1.0
+    detected = torch.tensor([[0.1, 0.9], [0.1, 0.9]])  # the detectors say "person" at 0.9 in both photos
+    assert torch.allclose(detector.combine(classes, detected)[1], torch.tensor([0.9, 0.9]))
+    detector.person_by_class = torch.zeros(1000)
+    detector.person_by_class[5], detector.person_by_class[6] = 0.9, 0.01  # class 6 is seen without people
+    person = detector.combine(classes, detected)[1]
+    assert person[0] == pytest.approx(0.9) and person[1] == pytest.approx((0.9 * 0.01) ** 0.5)
+
+
+def test_guarded_words_are_those_imagenet_finds_reliably():
+    words = ["dog", "table", "baseball player", "zebra"]
+    labels = torch.zeros(20, 4)
+    labels[:, :3] = 1.0  # every photo names a dog, a table and a baseball player; none a zebra
+    imagenet = torch.zeros(20, 4)
+    imagenet[:, 0] = 0.5  # dogs always found
+    imagenet[:10, 1] = 0.5  # tables in half of them
+    imagenet[:, 2] = 0.5  # a phrase: cannot be banned word by word
+    assert guarded_words(imagenet, labels, words, floor=0.02) == ["dog"]
+    assert guarded_words(imagenet, labels, words, floor=0.02, min_photos=30) == []
+
+
+def test_a_guarded_word_is_banned_where_imagenet_does_not_see_it(shipped_captioner, example_photos):
+    from captioner.api import Captioner
+
+    captioner = Captioner(shipped_captioner.encoder, shipped_captioner.decoder, shipped_captioner.vocabulary, shipped_captioner.config)
+    detector = ConceptDetector(ConceptTable.load(), imagenet_head(captioner.encoder), [], 1280)
+    captioner._set_concepts({"guarded_words": ["dog", "cat"], "guard_floor": 0.02, "person_threshold": 0.0}, detector)
+    photos = {path.stem: path for path in example_photos}
+    _, banned, _, _ = captioner.conditioning(captioner.encode([photos["chelsea"], photos["coffee"]]))
+    stoi = captioner.vocabulary.stoi
+    assert not banned[0, stoi["cat"]] and banned[1, stoi["cat"]]  # the cat photo may say cat, the coffee may not
+    assert banned[0, stoi["dog"]] and banned[0, stoi["dogs"]] and banned[0, stoi["puppy"]] and banned[1, stoi["dog"]]
+    assert "dog" not in captioner.generate(captioner.encode([photos["chelsea"]]))[0][0].text.split()

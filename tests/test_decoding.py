@@ -88,3 +88,27 @@ def test_sampling_is_repeatable_with_a_seed():
     assert [[h.tokens for h in group] for group in first] == [[h.tokens for h in group] for group in second]
     for group in first:
         assert [h.score for h in group] == sorted((h.score for h in group), reverse=True)
+
+
+
+def test_bias_is_added_and_immediate_repeats_and_once_words_are_banned():
+    from captioner.decoding import DecodingOptions, _mask_logits
+
+    bias = torch.zeros(2, 10)
+    bias[:, 5] = -2.0  # an unsupported object word
+    options = DecodingOptions(no_repeat_ngram_size=0, once=frozenset({8}))
+    log_probs = _mask_logits(torch.zeros(2, 10), [[4], [8, 6]], step=2, options=options, bias=bias)
+    assert log_probs[0, 5] == -2.0 and log_probs[0, 6] == 0.0
+    assert log_probs[0, 4] == float("-inf")  # the previous word again
+    assert log_probs[1, 6] == float("-inf") and log_probs[1, 8] == float("-inf") and log_probs[1, 4] == 0.0
+
+
+def test_a_large_negative_bias_keeps_a_word_out_of_the_caption():
+    decoder = tiny_decoder("transformer")
+    features = random_features(2)
+    plain = beam_search(decoder, features, beam_size=3)
+    word = plain[0][0].tokens[0]
+    bias = torch.zeros(2, decoder.config.vocab_size)
+    bias[0, word] = -50.0
+    results = beam_search(decoder, features, beam_size=3, bias=bias)
+    assert word not in results[0][0].tokens and results[1][0].tokens == plain[1][0].tokens
