@@ -139,9 +139,11 @@ def test_export_gives_a_model_the_concepts_of_another(tmp_path, encoder):
     config = {"name": "donor", "encoder": shipped["encoder"], "preprocess": shipped["preprocess"], "decoding": {}, "concepts": concepts}
     save_model(tmp_path / "donor", tiny_decoder("transformer", max_concepts=3, feature_dim=1280, grid_size=49), Vocabulary(["dog"]), config, concept_detector=detector)
 
-    refused = run("export", "--model", str(pretrained_path()), "--output", str(tmp_path / "out"), "--concepts-from", str(pretrained_path()))
+    plain_config = {key: value for key, value in config.items() if key != "concepts"}
+    save_model(tmp_path / "plain", tiny_decoder("transformer", feature_dim=1280, grid_size=49), Vocabulary(["dog", "dogs", "puppy"] + [f"w{i}" for i in range(13)]), plain_config)
+    refused = run("export", "--model", str(tmp_path / "plain"), "--output", str(tmp_path / "out"), "--concepts-from", str(tmp_path / "plain"))
     assert refused.returncode == 2 and "has no concepts" in refused.stderr and not (tmp_path / "out").exists()
-    result = run("export", "--model", str(pretrained_path()), "--output", str(tmp_path / "out"), "--concepts-from", str(tmp_path / "donor"), "--fp16")
+    result = run("export", "--model", str(tmp_path / "plain"), "--output", str(tmp_path / "out"), "--concepts-from", str(tmp_path / "donor"), "--fp16")
     assert result.returncode == 0, result.stderr
     captioner = Captioner.load(tmp_path / "out")
     stoi = captioner.vocabulary.stoi
