@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from .chair import coco_categories
+from .chair import coco_categories, object_words
 from .checkpoint import load_concept_detector, load_model, read_metrics
 from .concepts import PERSON_WORDS, SOURCE_IMAGENET, ConceptDetector, ConceptTable, Tag, animal_words, concept_inputs, concept_word_ids, imagenet_head, singular, tags_from_probabilities
 from .decoders import Features
@@ -53,8 +53,7 @@ class Captioner:
         self.no_repeat_ngram_size = int(decoding.get("no_repeat_ngram_size", 3))
         self._set_concepts(config.get("concepts") or {})
         # COCO's object names other than people's: a caption names each at most once
-        object_names = {name for category, names in coco_categories().items() if category != "person" for name in names if " " not in name}
-        self.once_tokens = frozenset(index for word, index in self.vocabulary.stoi.items() if word in object_names)
+        self.once_tokens = frozenset(index for word, index in self.vocabulary.stoi.items() if word in object_words())
 
     def _set_concepts(self, settings: dict, detector: ConceptDetector | None = None) -> None:
         """Concept detection for tags, concept tokens and the person rule. A model trained without
@@ -90,7 +89,7 @@ class Captioner:
         # Object penalty: COCO object words (people aside) ImageNet sees no trace of lose this much log-probability
         self.object_penalty = float(settings.get("object_penalty", 0.0))
         imagenet_words = {word: index for index, (word, source) in enumerate(zip(detector.words, detector.sources)) if source == SOURCE_IMAGENET}
-        objects = {singular(name) for category, names in coco_categories().items() if category != "person" for name in names if " " not in name}
+        objects = {singular(name) for name in object_words()}
         pairs = [(imagenet_words[singular(token)], index) for token, index in self.vocabulary.stoi.items() if singular(token) in objects and singular(token) in imagenet_words]
         self.penalty_columns = torch.tensor([c for c, _ in pairs], dtype=torch.long, device=self.device)  # (R,)
         self.penalty_tokens = torch.tensor([t for _, t in pairs], dtype=torch.long, device=self.device)  # (R,)

@@ -49,6 +49,12 @@ def coco_categories() -> dict[str, list[str]]:
 
 
 @lru_cache(maxsize=1)
+def object_words() -> frozenset[str]:
+    """The one-word names of COCO's categories other than person ("dog", "puppies", "sofa")."""
+    return frozenset(name for category, names in coco_categories().items() if category != "person" for name in names if " " not in name)
+
+
+@lru_cache(maxsize=1)
 def _phrase_table() -> tuple[dict[tuple[str, ...], str | None], int]:
     """Word tuple -> category (None: a phrase naming no object), and the longest phrase's length."""
     categories = coco_categories()

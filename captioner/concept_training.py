@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .concepts import (
-    ANIMAL_CLASSES, PERSON_OUTPUT, PERSON_WORDS, SOURCE_DETECTOR, SOURCE_IMAGENET, ConceptDetector, WordDetector, animal_floor, animal_words, guarded_words,
+    ANIMAL_CLASSES, PERSON_OUTPUT, SOURCE_DETECTOR, SOURCE_IMAGENET, ConceptDetector, WordDetector, animal_floor, animal_words, guarded_words,
     numpy_labels, person_by_class, singular,
 )
 
@@ -185,11 +185,6 @@ class ConceptMatcher:
             else:
                 position += 1
         return found
-
-
-def names_a_person(tokens: list[str]) -> bool:
-    return any(token in PERSON_WORDS for token in tokens)
-
 
 
 def image_concept_lists(probabilities: torch.Tensor, allowed: torch.Tensor, max_concepts: int, min_score: float) -> list[list[tuple[int, float]]]:
