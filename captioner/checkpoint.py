@@ -16,10 +16,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .config_checks import AT_LEAST_ONE, NOT_NEGATIVE, PROBABILITY, ConfigError, Limit, check_fields, check_value
 from .decoders import DecoderConfig, create_decoder
+from .encoders import ENCODERS, PreprocessConfig
 from .errors import CheckpointError
 from .vocabulary import Vocabulary
 
@@ -98,7 +100,9 @@ def save_model(folder: str | Path, decoder: torch.nn.Module, vocabulary: Vocabul
         if concept_detector.person_by_class is not None:
             tensors[PERSON_BY_CLASS] = concept_detector.person_by_class.float().contiguous().clone()
         atomic_save_tensors(folder / CONCEPTS, tensors, metadata={"format_version": str(FORMAT_VERSION)})
-    atomic_save_tensors(folder / WEIGHTS, unique_state_dict(decoder, dtype), metadata={"format_version": str(FORMAT_VERSION)})
+    # The encoder whose features the decoder learnt from, recorded where editing config.json cannot change it
+    trained_on = {"encoder": config["encoder"]} if "encoder" in config else {}
+    atomic_save_tensors(folder / WEIGHTS, unique_state_dict(decoder, dtype), metadata={"format_version": str(FORMAT_VERSION), **trained_on})
     atomic_write_json(folder / VOCABULARY, vocabulary.to_dict())
     atomic_write_json(folder / CONFIG, full_config)
 
@@ -114,12 +118,45 @@ def read_config(folder: str | Path) -> dict:
         config = json.loads((folder / CONFIG).read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{folder / CONFIG}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{folder / CONFIG}: must be a JSON object, not a {type(config).__name__}; re-export the model")
     if config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{folder}: model format version {config.get('format_version')} is not {FORMAT_VERSION}; "
             "retrain it or use the captioner version that wrote it"
         )
+    try:
+        check_model_config(config, folder / CONFIG)
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from None
     return config
+
+
+def check_model_config(config: dict, where: Path) -> None:
+    """Every field `Captioner.load` reads, by type and range (the decoder's own fields are checked
+    when it is built), so a hand-edited config fails with the file and field named."""
+    for key in ("encoder", "decoder"):
+        if key not in config:
+            raise CheckpointError(f"{where}: missing {key!r}; the model folder is incomplete")
+    if config["encoder"] not in ENCODERS:
+        raise CheckpointError(f"{where}: encoder must be one of {', '.join(sorted(ENCODERS))}, not {config['encoder']!r}")
+    check_value(config.get("name", ""), str, None, f"{where}: name")
+    check_fields(PreprocessConfig, config.get("preprocess", {}), PREPROCESS_LIMITS, f"{where}: preprocess")
+    decoding = config.get("decoding", {})
+    if not isinstance(decoding, dict):
+        raise CheckpointError(f"{where}: decoding must be an object, not {decoding!r}")
+    for key, kind, limit in (("beam_size", int, Limit(1, 20)), ("length_penalty", float, Limit()), ("no_repeat_ngram_size", int, NOT_NEGATIVE)):
+        if key in decoding:
+            check_value(decoding[key], kind, limit, f"{where}: decoding.{key}")
+    concepts = config.get("concepts", {})
+    if not isinstance(concepts, dict):
+        raise CheckpointError(f"{where}: concepts must be an object, not {concepts!r}")
+    for key, limit in (("min_score", PROBABILITY), ("person_threshold", PROBABILITY), ("tag_threshold", PROBABILITY), ("guard_floor", PROBABILITY), ("animal_floor", PROBABILITY), ("object_penalty", Limit(0, 100)), ("hidden_dim", AT_LEAST_ONE)):
+        if key in concepts:
+            check_value(concepts[key], int if key == "hidden_dim" else float, limit, f"{where}: concepts.{key}")
+
+
+PREPROCESS_LIMITS = {"input_size": Limit(32, 1024), "mean": Limit(), "std": Limit(0, low_open=True)}
 
 
 def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Vocabulary, dict]:
@@ -128,16 +165,23 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
     config = read_config(folder)
     try:
         vocabulary = Vocabulary.load(folder / VOCABULARY)
-    except (ValueError, KeyError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{folder / VOCABULARY}: not a vocabulary file ({error})") from None
-    decoder_config = DecoderConfig.from_dict(config["decoder"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{folder / VOCABULARY}: not a vocabulary file ({error}); re-export the model") from None
+    try:
+        decoder_config = DecoderConfig.from_dict(config["decoder"], f"{folder / CONFIG}: decoder")
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from None
     if decoder_config.vocab_size != len(vocabulary):
         raise CheckpointError(f"{folder}: decoder expects {decoder_config.vocab_size} words but vocabulary has {len(vocabulary)}")
     decoder = create_decoder(decoder_config)
     try:
-        tensors = load_file(folder / WEIGHTS)
+        with safe_open(folder / WEIGHTS, "pt") as weights:
+            trained_on = (weights.metadata() or {}).get("encoder")
+            tensors = {name: weights.get_tensor(name) for name in weights.keys()}
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{folder / WEIGHTS}: unreadable weights ({error})") from None
+    if trained_on is not None and trained_on != config["encoder"]:
+        raise CheckpointError(f"{folder / CONFIG}: encoder is {config['encoder']!r}, but the weights were trained on {trained_on!r} features; set it back to {trained_on!r}")
     expected = unique_state_dict(decoder)
     problems = sorted(set(expected) ^ set(tensors)) + [
         f"{name} {tuple(tensors[name].shape)} != {tuple(expected[name].shape)}" for name in expected if name in tensors and tensors[name].shape != expected[name].shape
@@ -183,5 +227,14 @@ def copy_concepts(source: str | Path, target: str | Path, dtype: torch.dtype | N
 
 
 def read_metrics(folder: str | Path) -> dict:
+    """The scores in a model folder's metrics.json, {} without one; CheckpointError if it is broken."""
     path = Path(folder) / METRICS
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path}: not valid JSON ({error}); delete it or rerun `captioner evaluate --save-metrics`") from None
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{path}: must be a JSON object, not a {type(metrics).__name__}; delete it or rerun `captioner evaluate --save-metrics`")
+    return metrics

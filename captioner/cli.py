@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
+from .config_checks import AT_LEAST_ONE, NOT_NEGATIVE, POSITIVE, Limit
 from .errors import CaptionerError
 
 
@@ -19,6 +21,40 @@ def _threads(count: int | None) -> None:
     import torch
 
     torch.set_num_threads(count or max(1, min(os.cpu_count() or 1, 8)))
+
+
+def _number(kind, limit: Limit, what: str):
+    """An argparse type: a number of `kind` within `limit`, else a one-line usage error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}") from None
+        if kind is float and not math.isfinite(value) or not limit.allows(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
+        return value
+    return parse
+
+
+COUNT = _number(int, AT_LEAST_ONE, "a whole number >= 1")
+ZERO_OR_MORE = _number(int, NOT_NEGATIVE, "a whole number >= 0")
+POSITIVE_NUMBER = _number(float, POSITIVE, "a number > 0")
+FINITE_NUMBER = _number(float, Limit(), "a finite number")
+TOP_P = _number(float, Limit(0, 1, low_open=True), "a number > 0 and <= 1")
+BEAM = _number(int, Limit(1, 20), "a whole number from 1 to 20")
+PORT = _number(int, Limit(1, 65535), "a port number from 1 to 65535")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (`captioner caption: error: ...`) pointing at --help, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _tsv_field(text: str) -> str:
+    r"""A path as one TSV field: a backslash, tab, newline or carriage return becomes \\, \t, \n or \r."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _parse_value(text: str):
@@ -67,7 +103,7 @@ def command_caption(args: argparse.Namespace) -> int:
             else:
                 tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in tags) if args.tags else ""
                 for caption in captions:
-                    print(f"{path}\t{caption.text}{tag_column}")
+                    print(f"{_tsv_field(str(path))}\t{caption.text}{tag_column}")
         sys.stdout.flush()
     return 1 if failed else 0
 
@@ -98,8 +134,10 @@ def command_train(args: argparse.Namespace) -> int:
         key, value = assignment.split("=", 1)
         target = data
         *parents, leaf = key.split(".")
-        for parent in parents:
+        for depth, parent in enumerate(parents):
             target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise CaptionerError(f"--set {assignment}: {'.'.join(parents[: depth + 1])} is not a group of settings")
         target[leaf] = _parse_value(value)
     config = TrainingConfig.from_dict(data)
     if not config.dataset and not args.resume:
@@ -186,22 +224,22 @@ def command_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="captioner", description="Caption photos; train and evaluate captioning models.")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores, at most 8; 1 for serve)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="captioner", description="Caption photos; train and evaluate captioning models.")
+    parser.add_argument("--threads", type=COUNT, default=None, help="CPU threads for PyTorch (default: all cores, at most 8; 1 for serve)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     caption = commands.add_parser("caption", help="caption image files and folders")
     caption.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     caption.add_argument("--model", help="model folder (default: the shipped model)")
-    caption.add_argument("--beam-size", type=int, default=3)
-    caption.add_argument("--num-captions", type=int, default=1, help="captions per image (n-best list)")
+    caption.add_argument("--beam-size", type=BEAM, default=3)
+    caption.add_argument("--num-captions", type=COUNT, default=1, help="captions per image (n-best list)")
     caption.add_argument("--json", action="store_true", help="one JSON object per line with scores and tags")
     caption.add_argument("--tags", action="store_true", help="add a third column of visual concepts, word:score pairs joined by commas")
-    caption.add_argument("--batch-size", type=int, default=8)
+    caption.add_argument("--batch-size", type=COUNT, default=8)
     caption.add_argument("--sample", action="store_true", help="sample captions instead of beam search")
-    caption.add_argument("--temperature", type=float, default=1.0)
-    caption.add_argument("--top-p", type=float, default=0.9)
-    caption.add_argument("--seed", type=int, default=None)
+    caption.add_argument("--temperature", type=POSITIVE_NUMBER, default=1.0)
+    caption.add_argument("--top-p", type=TOP_P, default=0.9)
+    caption.add_argument("--seed", type=ZERO_OR_MORE, default=None)
     caption.set_defaults(handler=command_caption)
 
     train = commands.add_parser("train", help="train a decoder on cached features")
@@ -212,12 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cache", help="feature cache root (default cache/)")
     train.add_argument("--encoder", help="efficientnet-lite0, -lite1 or -lite2 (default)")
     train.add_argument("--decoder", choices=["merge", "attention", "transformer"])
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--learning-rate", type=float)
-    train.add_argument("--limit", type=int, help="at most this many images per split (quick runs)")
+    train.add_argument("--epochs", type=COUNT)
+    train.add_argument("--batch-size", type=COUNT)
+    train.add_argument("--learning-rate", type=POSITIVE_NUMBER)
+    train.add_argument("--limit", type=ZERO_OR_MORE, help="at most this many images per split (quick runs)")
     train.add_argument("--name", help="model name stored in its config")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=ZERO_OR_MORE)
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. decoder.dropout=0.5")
     train.add_argument("--resume", action="store_true", help="continue the run in --output")
     train.add_argument("--force", action="store_true", help="delete an existing --output and start over")
@@ -229,14 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", required=True)
     evaluate.add_argument("--images")
     evaluate.add_argument("--split", default=None, choices=["train", "dev", "test"], help="default: test, or dev when the dataset has no test images")
-    evaluate.add_argument("--beam-size", type=int, nargs="+", default=[3], help="one or more beam sizes (1 = greedy)")
+    evaluate.add_argument("--beam-size", type=BEAM, nargs="+", default=[3], help="one or more beam sizes (1 = greedy)")
     evaluate.add_argument("--output", help="report folder (default runs/eval/MODEL-SPLIT)")
     evaluate.add_argument("--cache", default="cache")
-    evaluate.add_argument("--limit", type=int, default=0, help="first N images of the split only")
+    evaluate.add_argument("--limit", type=ZERO_OR_MORE, default=0, help="first N images of the split only")
     evaluate.add_argument("--save-metrics", action="store_true", help="also write the scores to the model's metrics.json")
     evaluate.add_argument("--force", action="store_true", help="overwrite an existing report folder")
-    evaluate.add_argument("--length-penalty", type=float, help="override the model's length penalty (0 = sum of log-probs, 1 = mean)")
-    evaluate.add_argument("--no-repeat-ngram-size", type=int, help="override the model's repeated n-gram ban (0 = off)")
+    evaluate.add_argument("--length-penalty", type=FINITE_NUMBER, help="override the model's length penalty (0 = sum of log-probs, 1 = mean)")
+    evaluate.add_argument("--no-repeat-ngram-size", type=ZERO_OR_MORE, help="override the model's repeated n-gram ban (0 = off)")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(handler=command_evaluate)
 
@@ -254,21 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True)
     export.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
     export.add_argument("--name", help="rename the model")
-    export.add_argument("--length-penalty", type=float, help="default length penalty stored with the model")
-    export.add_argument("--no-repeat-ngram-size", type=int, help="default repeated n-gram ban stored with the model")
-    export.add_argument("--person-threshold", type=float, help="person probability (0-1) under which captions name no person")
-    export.add_argument("--tag-threshold", type=float, help="probability (0-1) a tag needs to be shown")
-    export.add_argument("--animal-floor", type=float, help="ImageNet animal probability (0-1) under which captions name no animal")
-    export.add_argument("--object-penalty", type=float, help="log-probability taken from COCO object words ImageNet sees no trace of (0 = off)")
+    export.add_argument("--length-penalty", type=FINITE_NUMBER, help="default length penalty stored with the model")
+    export.add_argument("--no-repeat-ngram-size", type=ZERO_OR_MORE, help="default repeated n-gram ban stored with the model")
+    export.add_argument("--person-threshold", type=FINITE_NUMBER, help="person probability (0-1) under which captions name no person")
+    export.add_argument("--tag-threshold", type=FINITE_NUMBER, help="probability (0-1) a tag needs to be shown")
+    export.add_argument("--animal-floor", type=FINITE_NUMBER, help="ImageNet animal probability (0-1) under which captions name no animal")
+    export.add_argument("--object-penalty", type=FINITE_NUMBER, help="log-probability taken from COCO object words ImageNet sees no trace of (0 = off)")
     export.add_argument("--concepts-from", help="give a model trained without concepts the word detectors, person rule and guarded words of this model folder (same encoder)")
     export.add_argument("--force", action="store_true")
     export.set_defaults(handler=command_export)
 
     serve = commands.add_parser("serve", help="start the web app and JSON API")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--port", type=PORT, default=5000)
     serve.add_argument("--model", help="model folder (default: the shipped model)")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0)
+    serve.add_argument("--max-upload-mb", type=POSITIVE_NUMBER, default=10.0)
     serve.set_defaults(handler=command_serve)
     return parser
 

@@ -144,7 +144,10 @@ def _read_json(file: Path) -> dict:
     except (ValueError, UnicodeDecodeError) as error:
         raise DatasetError(f"{file}: not valid JSON ({error})") from None
     if not isinstance(data, dict):
-        raise DatasetError(f"{file}: expected a JSON object with 'images' and 'annotations' (COCO format)")
+        raise DatasetError(
+            f"{file}: holds a JSON {type(data).__name__}, not a dataset; JSON datasets are Karpathy's dataset_*.json "
+            "({\"images\": [...]}) or COCO's captions_*.json ({\"images\", \"annotations\"}); a Flickr8k folder, captions.txt, .csv and .jsonl also work"
+        )
     return data
 
 

@@ -10,7 +10,7 @@ have the batch on dim 0, which lets beam search reorder them with one `index_sel
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
@@ -18,15 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .concepts import SOURCE_PAD, Concepts
+from .config_checks import AT_LEAST_ONE, FRACTION_BELOW_ONE, NOT_NEGATIVE, ConfigError, check_fields
 from .errors import CheckpointError
 
 State = dict[str, torch.Tensor]
 SCORE_BUCKETS = 10  # concept confidences are embedded by tenths
-
-
-def unknown_keys(config_class, data: dict) -> list[str]:
-    """Keys of `data` that are not fields of the dataclass `config_class`."""
-    return sorted(set(data) - {field.name for field in fields(config_class)})
 
 
 class Features(NamedTuple):
@@ -61,11 +57,21 @@ class DecoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DecoderConfig":
-        unknown = unknown_keys(cls, data)
-        if unknown:
-            raise CheckpointError(f"decoder config has unknown keys {unknown}; the checkpoint is from another version")
-        return cls(**data)
+    def from_dict(cls, data: dict, where: str = "decoder") -> "DecoderConfig":
+        """A checked config: types, ranges, a known kind and heads that divide the width."""
+        config = cls(**check_fields(cls, data, DECODER_LIMITS, where))
+        if config.kind not in DECODERS:
+            raise ConfigError(f"{where}: kind must be one of {', '.join(DECODERS)}, not {config.kind!r}")
+        if config.kind == "transformer" and config.embed_dim % config.num_heads:
+            raise ConfigError(f"{where}: num_heads ({config.num_heads}) must divide embed_dim ({config.embed_dim})")
+        return config
+
+
+DECODER_LIMITS = {
+    "vocab_size": NOT_NEGATIVE, "feature_dim": AT_LEAST_ONE, "grid_size": AT_LEAST_ONE, "embed_dim": AT_LEAST_ONE,
+    "hidden_dim": AT_LEAST_ONE, "num_layers": AT_LEAST_ONE, "num_heads": AT_LEAST_ONE, "attention_dim": AT_LEAST_ONE,
+    "dropout": FRACTION_BELOW_ONE, "max_length": AT_LEAST_ONE, "max_concepts": NOT_NEGATIVE,
+}
 
 
 class FeatureProjection(nn.Module):

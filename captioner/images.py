@@ -28,15 +28,23 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 def find_images(paths: list[str | os.PathLike]) -> tuple[list[Path], list[str]]:
     """Expand files and folders (searched recursively, sorted) into image paths, in input order.
 
-    Returns the image paths and one problem message per input that yielded nothing.
+    Returns the image paths and one problem message per input that yielded nothing and per
+    folder that could not be read.
     """
     found: list[Path] = []
     problems: list[str] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not images:
+            unreadable: list[OSError] = []
+            images = sorted(
+                Path(folder, name)
+                for folder, _, names in os.walk(path, onerror=unreadable.append)
+                for name in names
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS and Path(folder, name).is_file()
+            )
+            problems.extend(f"{error.filename}: cannot read this folder ({error.strerror}); its photos were skipped" for error in unreadable)
+            if not images and not unreadable:
                 problems.append(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             found.extend(images)
         elif path.is_file():

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,15 +21,17 @@ from tqdm import tqdm
 from .caption_text import flickr30k_id, read_caption_text
 from .checkpoint import atomic_save_tensors, atomic_write_json, load_model, save_model
 from .cider import CiderD
+from .config_checks import AT_LEAST_ONE, FRACTION_BELOW_ONE, NOT_NEGATIVE, POSITIVE, PROBABILITY, ConfigError, Limit, check_fields, check_value
 from .concept_training import ConceptMatcher, ConceptSetup, TextExamples, fit_concepts
 from .concepts import ConceptTable, concept_word_ids, imagenet_head, to_concepts
-from .datasets import load_dataset
-from .decoders import DecoderConfig, Features, caption_loss, create_decoder, unknown_keys
+from .datasets import CaptionDataset, load_dataset
+from .decoders import DecoderConfig, Features, caption_loss, create_decoder
 from .decoding import DecodingOptions, beam_search, greedy, sample
-from .encoders import create_encoder
+from .encoders import ENCODERS, create_encoder
 from .errors import CaptionerError
 from .evaluation import score_captions
 from .features import FeatureCache, feature_cache
+from .run_folder import PendingRun, check_output_folder
 from .vocabulary import Vocabulary, tokenize
 
 
@@ -77,14 +79,31 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingConfig":
-        data = dict(data)
+        """A checked config: every setting's type and range, before any work or any write."""
+        data = check_fields(cls, data, TRAINING_LIMITS, "training config", nested=("decoder",))
         decoder = data.get("decoder", {})
-        unknown = unknown_keys(cls, data) + [f"decoder.{key}" for key in unknown_keys(DecoderConfig, decoder if isinstance(decoder, dict) else {})]
-        if unknown:
-            raise CaptionerError(f"unknown training config keys: {', '.join(unknown)}")
-        if isinstance(decoder, dict):
-            data["decoder"] = DecoderConfig(**decoder)
+        if not isinstance(decoder, dict):
+            raise ConfigError(f"training config: decoder must be an object of decoder settings (e.g. {{\"kind\": \"transformer\"}}), not {decoder!r}")
+        data["decoder"] = DecoderConfig.from_dict(decoder, "training config: decoder")
+        if data.get("encoder", cls.encoder) not in ENCODERS:
+            raise ConfigError(f"training config: encoder must be one of {', '.join(sorted(ENCODERS))}, not {data['encoder']!r}")
+        if not data.get("output", cls.output):
+            raise ConfigError("training config: output must name a run folder")
+        for index, item in enumerate(data.get("caption_text", [])):
+            if not isinstance(item, dict) or not isinstance(item.get("path"), str) or set(item) - {"path", "per_epoch"}:
+                raise ConfigError(f"training config: caption_text[{index}] must be {{\"path\": FILE, \"per_epoch\": N}}, not {item!r}")
+            check_value(item.get("per_epoch", 0), int, NOT_NEGATIVE, f"training config: caption_text[{index}].per_epoch")
         return cls(**data)
+
+
+TRAINING_LIMITS = {
+    "min_count": AT_LEAST_ONE, "epochs": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "learning_rate": POSITIVE,
+    "weight_decay": NOT_NEGATIVE, "warmup_steps": NOT_NEGATIVE, "label_smoothing": FRACTION_BELOW_ONE, "grad_clip": POSITIVE,
+    "patience": AT_LEAST_ONE, "limit": NOT_NEGATIVE, "seed": NOT_NEGATIVE, "dev_beam_size": Limit(1, 20),
+    "samples_per_image": Limit(2), "text_image_prob": PROBABILITY, "paired_image_dropout": FRACTION_BELOW_ONE,
+    "concept_min_score": PROBABILITY, "person_threshold": PROBABILITY, "object_penalty": Limit(0, 100),
+    "detector_words": AT_LEAST_ONE, "detector_epochs": AT_LEAST_ONE,
+}
 
 
 def resolve_device() -> torch.device:
@@ -257,10 +276,7 @@ def _load_training_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict
 def train(config: TrainingConfig, resume: bool = False, force: bool = False, progress: bool = True, log=print) -> Path:
     """Train a decoder; returns the folder of the best model (by dev CIDEr)."""
     output = Path(config.output)
-    if output.exists() and any(output.iterdir()) and not (resume or force):
-        raise CaptionerError(f"{output} already exists; pass --resume to continue that run or --force to start over (it will be deleted)")
-    if resume and not (output / "last" / "training_state.json").is_file():
-        raise CaptionerError(f"{output}: nothing to resume (no last/training_state.json); start a new run without --resume")
+    check_output_folder(output, resume, force)
     dataset = load_dataset(config.dataset, config.images).limit(config.limit)  # validate before writing anything
     train_records, dev_records = dataset.split("train"), dataset.split("dev")
     if not train_records or not dev_records:
@@ -270,9 +286,36 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
         raise CaptionerError("caption_text needs a decoder with concept tokens; set decoder.max_concepts (e.g. 16)")
     if uses_concepts and (config.decoder.kind != "transformer" or config.self_critical):
         raise CaptionerError("concept tokens work with the transformer decoder and cross-entropy training only")
-    text_files = [(read_caption_text(item["path"]), int(item.get("per_epoch", 0))) for item in config.caption_text]  # validate before writing
-    if force and not resume and output.exists():
-        shutil.rmtree(output)
+    text_files = [(read_caption_text(item["path"]), int(item.get("per_epoch", 0))) for item in config.caption_text]
+    initial = load_model(config.init_from, resolve_device()) if config.init_from else None
+    if initial is not None and initial[2]["encoder"] != config.encoder:
+        raise CaptionerError(f"{config.init_from} was trained on {initial[2]['encoder']} features, not {config.encoder}; set encoder to match")
+    pending = PendingRun(output)
+    if not resume:
+        pending.start(replace=force)  # an earlier run is moved aside, not deleted, until this one has a checkpoint
+    try:
+        return _train(config, CheckedInputs(dataset, train_records, dev_records, text_files, initial), resume, progress, log, pending)
+    except BaseException:
+        if not resume:
+            pending.abandon()
+        raise
+
+
+class CheckedInputs(NamedTuple):
+    """What `train` read and checked before writing anything."""
+
+    dataset: CaptionDataset
+    train_records: list
+    dev_records: list
+    text_files: list  # [(photos with captions, examples per epoch)]
+    initial: tuple | None  # (decoder, vocabulary, config) of `init_from`
+
+
+def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress: bool, log, pending: PendingRun) -> Path:
+    """The training loop of `train`, once every setting and input has been checked."""
+    dataset, train_records, dev_records, text_files, initial = inputs
+    output = Path(config.output)
+    uses_concepts = config.decoder.max_concepts > 0
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output / "training_config.json", config.to_dict())
 
@@ -280,11 +323,8 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = resolve_device()
-    initial = None
-    if config.init_from:
-        initial, vocabulary, initial_config = load_model(config.init_from, device)
-        if initial_config["encoder"] != config.encoder:
-            raise CaptionerError(f"{config.init_from} was trained on {initial_config['encoder']} features, not {config.encoder}; set encoder to match")
+    if initial is not None:
+        initial, vocabulary, _ = initial
         decoder_config, max_length = initial.config, initial.config.max_length
     else:
         text_captions = (c for photos, _ in text_files for photo in photos for c in photo.captions)
@@ -439,6 +479,7 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
             bad_epochs += 1
         save_model(output / "last", decoder, vocabulary, model_config, concept_detector=concept_setup and concept_setup.detector)
         _save_training_state(output / "last", optimizer, {"epoch": epoch, "step": step, "best_cider": best_cider, "bad_epochs": bad_epochs, "history": history})
+        pending.commit()  # the new run has a checkpoint now; the run it replaces can go
         atomic_write_json(output / "history.json", history)
         plot_history(history, output / "history.png")
         log(f"epoch {epoch}: loss {entry['train_loss']:.3f}  dev BLEU-4 {entry['dev_bleu4']:.3f}  CIDEr {entry['dev_cider']:.3f}  ({entry['seconds']:.0f} s){'  *best*' if improved else ''}")

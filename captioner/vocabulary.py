@@ -69,6 +69,8 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Vocabulary":
+        if not isinstance(data, dict) or not isinstance(data.get("words"), list) or not all(isinstance(w, str) for w in data["words"]):
+            raise ValueError('expected {"specials": [...], "words": [...]} with words as strings')
         if data.get("specials") != list(SPECIALS):
             raise ValueError(f"vocabulary specials {data.get('specials')} differ from {list(SPECIALS)}")
         return cls(data["words"])

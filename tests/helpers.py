@@ -1,6 +1,8 @@
-"""Small builders shared by the tests: random features and tiny decoders."""
+"""Small builders shared by the tests: random features, tiny decoders, a CLI error check."""
+import pytest
 import torch
 
+from captioner.cli import main
 from captioner.decoders import DecoderConfig, Features, create_decoder
 
 KINDS = ("merge", "attention", "transformer")
@@ -21,3 +23,14 @@ def random_features(batch: int = 3, seed: int = 0) -> Features:
     generator = torch.Generator().manual_seed(seed)
     grid = torch.randn(batch, 4, 16, generator=generator)
     return Features(grid, grid.mean(dim=1))
+
+
+def one_line_error(capsys, arguments) -> str:
+    """Run the CLI, expect exit 2 and exactly one line on stderr (no traceback); return it."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(arguments))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err

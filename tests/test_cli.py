@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
+from captioner.cli import main
 from conftest import EXAMPLES, ROOT
+from helpers import one_line_error
 
 
 def run(*arguments: str, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -152,3 +154,46 @@ def test_export_gives_a_model_the_concepts_of_another(tmp_path, encoder):
     assert torch.equal(captioner.concept_detector.person_by_class, detector.person_by_class)
     twice = run("export", "--model", str(tmp_path / "out"), "--output", str(tmp_path / "again"), "--concepts-from", str(tmp_path / "donor"))
     assert twice.returncode == 2 and "already has concepts" in twice.stderr
+
+
+@pytest.mark.parametrize("arguments", [
+    ["caption", "x.jpg", "--batch-size", "0"], ["caption", "x.jpg", "--batch-size", "-1"], ["--threads", "-1", "caption", "x.jpg"],
+    ["caption", "x.jpg", "--sample", "--temperature", "nan"], ["caption", "x.jpg", "--temperature", "-1"],
+    ["caption", "x.jpg", "--top-p", "0"], ["caption", "x.jpg", "--beam-size", "0"], ["caption", "x.jpg", "--num-captions", "0"],
+    ["evaluate", "--dataset", "d", "--limit", "-5"], ["serve", "--port", "70000"], ["serve", "--max-upload-mb", "0"],
+])
+def test_bad_numbers_are_one_line_usage_errors(capsys, arguments):
+    err = one_line_error(capsys, arguments)
+    assert "must be" in err and "--help" in err
+
+
+def test_unreadable_subfolder_is_named_and_fails(tmp_path, capsys, monkeypatch):
+    shutil.copy(EXAMPLES / "chelsea.jpg", tmp_path / "chelsea.jpg")
+    (tmp_path / "private").mkdir()
+    shutil.copy(EXAMPLES / "coffee.jpg", tmp_path / "private" / "coffee.jpg")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as for a folder the user may not read (the tests may run as root)
+        if os.fspath(path) == str(tmp_path / "private"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert main(["--threads", "1", "caption", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(tmp_path / "chelsea.jpg")]
+    assert err.strip() == f"captioner: {tmp_path / 'private'}: cannot read this folder (Permission denied); its photos were skipped"
+
+
+def test_control_characters_in_names_are_escaped_in_tsv(tmp_path):
+    names = ["tab\there.jpg", "new\nline.jpg", "back\\slash.jpg"]
+    for name in names:
+        shutil.copy(EXAMPLES / "chelsea.jpg", tmp_path / name)
+    result = run("caption", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(rows) == 3 and all(len(row) == 2 for row in rows)
+    escaped = {str(tmp_path / name).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n") for name in names}
+    assert {row[0] for row in rows} == escaped
+    as_json = run("caption", str(tmp_path), "--json")
+    assert {json.loads(line)["path"] for line in as_json.stdout.splitlines()} == {str(tmp_path / name) for name in names}  # unchanged

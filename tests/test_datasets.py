@@ -100,7 +100,7 @@ def test_coco_captions_file_picks_up_instances_beside_it(tmp_path):
 
 @pytest.mark.parametrize("file, content, message", [
     ("captions.json", "{not json", r"captions\.json: not valid JSON"),
-    ("captions.json", "[1, 2]", r"captions\.json: expected a JSON object"),
+    ("captions.json", "[1, 2]", r"captions\.json: holds a JSON list, not a dataset"),
     ("captions.json", json.dumps({"images": [{"id": 1}], "annotations": []}), r"captions\.json: not a COCO caption file.*file_name"),
     ("captions.json", json.dumps({"images": [{"id": 1, "file_name": "x.jpg"}], "annotations": [{"image_id": 1, "caption": 5}]}), r"captions\.json: every"),
     ("instances.json", "{", r"instances\.json: not valid JSON"),

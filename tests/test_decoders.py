@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from captioner.config_checks import ConfigError
 from captioner.decoders import DecoderConfig, caption_loss
 from captioner.decoding import DecodingOptions, greedy
-from captioner.errors import CheckpointError
 from helpers import KINDS, random_features, tiny_decoder
 
 
@@ -59,5 +59,5 @@ def test_one_batch_overfit(kind):
 
 
 def test_config_rejects_unknown_keys():
-    with pytest.raises(CheckpointError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="unknown settings colour"):
         DecoderConfig.from_dict({"kind": "merge", "colour": "blue"})
