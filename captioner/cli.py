@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .config_checks import AT_LEAST_ONE, NOT_NEGATIVE, POSITIVE, Limit
@@ -64,48 +65,91 @@ def _parse_value(text: str):
         return text
 
 
+def _decoded_batches(paths: list[Path], batch_size: int, pool: ThreadPoolExecutor):
+    """(photos read, error messages) per batch; the next batch decodes in `pool` while the caller
+    captions this one, so the cores never wait on Pillow."""
+    from .images import load_image
+
+    def submit(batch: list[Path]) -> list:
+        return [(path, pool.submit(load_image, path)) for path in batch]
+
+    batches = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
+    pending = submit(batches[0]) if batches else []
+    for number in range(len(batches)):
+        current, pending = pending, submit(batches[number + 1]) if number + 1 < len(batches) else []
+        loaded, errors = [], []
+        for path, future in current:
+            try:
+                loaded.append((path, future.result()))
+            except CaptionerError as error:
+                errors.append(str(error))
+        yield loaded, errors
+
+
+def _record(path: Path, captions) -> dict:
+    tags = captions[0].tags if captions else []  # every caption of a photo carries the photo's tags
+    return {"path": str(path), "captions": [{"text": c.text, "score": c.score} for c in captions], "tags": [{"word": t.word, "score": t.score} for t in tags]}
+
+
 def command_caption(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from .api import Captioner
-    from .images import find_images, load_image
+    from .caption_log import CaptionLog, read_done
+    from .images import find_images
 
     if args.num_captions > args.beam_size and not args.sample:
         raise CaptionerError(f"--num-captions ({args.num_captions}) cannot exceed --beam-size ({args.beam_size})")
+    output = Path(args.output) if args.output else None
+    done = read_done(output) if output else set()  # checked before any work
     paths, problems = find_images(args.paths)
     for problem in problems:
         print(f"captioner: {problem}", file=sys.stderr)
     if not paths:
         raise CaptionerError("no images to caption; pass image files or folders holding JPEG, PNG, WebP, GIF, BMP or TIFF")
+    todo = [path for path in paths if str(path) not in done]
     captioner = Captioner.load(args.model) if args.model else Captioner.from_pretrained()
     failed = bool(problems)
-    for start in range(0, len(paths), args.batch_size):
-        batch, images = [], []
-        for path in paths[start : start + args.batch_size]:
-            try:
-                images.append(load_image(path))
-                batch.append(path)
-            except CaptionerError as error:
-                print(f"captioner: {error}", file=sys.stderr)
-                failed = True
-        if not batch:
-            continue
-        features = captioner.encode(images)
-        results = captioner.generate(
-            features, args.beam_size, args.num_captions, sampling=args.sample,
-            temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-        )
-        for path, captions in zip(batch, results):
-            tags = captions[0].tags if captions else []  # every caption of a photo carries the photo's tags
-            if args.json:
-                print(json.dumps({
-                    "path": str(path), "captions": [{"text": c.text, "score": c.score} for c in captions],
-                    "tags": [{"word": t.word, "score": t.score} for t in tags],
-                }))
-            else:
-                tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in tags) if args.tags else ""
-                for caption in captions:
-                    print(f"{_tsv_field(str(path))}\t{caption.text}{tag_column}")
-        sys.stdout.flush()
+    log = CaptionLog(output) if output else None
+    bar = tqdm(total=len(todo), unit="photo", file=sys.stderr, disable=output is None or args.quiet, dynamic_ncols=True)
+    try:
+        with ThreadPoolExecutor(args.workers) as pool:
+            for loaded, errors in _decoded_batches(todo, args.batch_size, pool):
+                for error in errors:
+                    bar.write(f"captioner: {error}", file=sys.stderr)
+                failed |= bool(errors)
+                if loaded:
+                    features = captioner.encode([image for _, image in loaded])
+                    results = captioner.generate(
+                        features, args.beam_size, args.num_captions, sampling=args.sample,
+                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                    )
+                    for (path, _), captions in zip(loaded, results):
+                        _print_or_log(path, captions, args, log)
+                if log is not None:
+                    log.flush()
+                sys.stdout.flush()
+                bar.update(len(loaded) + len(errors))
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    if output is not None and not args.quiet:
+        print(f"captioner: {len(todo)} photos captioned into {output}" + (f" ({len(paths) - len(todo)} were already there)" if len(todo) < len(paths) else ""), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _print_or_log(path: Path, captions, args: argparse.Namespace, log) -> None:
+    """One photo's captions: a line of the --output file, a JSON line or TSV lines on stdout."""
+    if log is not None:
+        log.write(_record(path, captions))
+    elif args.json:
+        print(json.dumps(_record(path, captions)))
+    else:
+        tags = captions[0].tags if captions else []
+        tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in tags) if args.tags else ""
+        for caption in captions:
+            print(f"{_tsv_field(str(path))}\t{caption.text}{tag_column}")
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -240,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--temperature", type=POSITIVE_NUMBER, default=1.0)
     caption.add_argument("--top-p", type=TOP_P, default=0.9)
     caption.add_argument("--seed", type=ZERO_OR_MORE, default=None)
+    caption.add_argument("--output", help="append one JSON line per photo to this file as it goes; a rerun skips photos already in it")
+    caption.add_argument("--workers", type=_number(int, Limit(1, 64), "a whole number from 1 to 64"), default=1, help="threads decoding photos ahead of the model (default 1)")
+    caption.add_argument("--quiet", action="store_true", help="no progress bar or summary with --output")
     caption.set_defaults(handler=command_caption)
 
     train = commands.add_parser("train", help="train a decoder on cached features")

@@ -197,3 +197,28 @@ def test_control_characters_in_names_are_escaped_in_tsv(tmp_path):
     assert {row[0] for row in rows} == escaped
     as_json = run("caption", str(tmp_path), "--json")
     assert {json.loads(line)["path"] for line in as_json.stdout.splitlines()} == {str(tmp_path / name) for name in names}  # unchanged
+
+
+def test_output_jsonl_resumes_after_a_crash(tmp_path, capsys):
+    photos = sorted(str(p) for p in EXAMPLES.glob("*.jpg"))
+    output = tmp_path / "captions.jsonl"
+    assert main(["--threads", "1", "caption", str(EXAMPLES), "--output", str(output), "--quiet", "--batch-size", "2"]) == 0
+    full = output.read_text().splitlines()
+    assert [json.loads(line)["path"] for line in full] == photos and capsys.readouterr().out == ""
+
+    # A crash in the middle of the third record: two whole lines and half of one
+    output.write_text(full[0] + "\n" + full[1] + "\n" + full[2][: len(full[2]) // 2])
+    assert main(["--threads", "1", "caption", str(EXAMPLES), "--output", str(output), "--workers", "2"]) == 0
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["path"] for r in records] == photos  # each photo once, in full
+    assert records == [json.loads(line) for line in full]
+    assert "2 were already there" in capsys.readouterr().err
+
+
+def test_output_that_is_not_ours_is_refused_untouched(tmp_path, capsys):
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"title": "my notes"}\n{"title": "more"')
+    err = one_line_error(capsys, ["caption", str(EXAMPLES), "--output", str(notes)])
+    assert "notes.jsonl:1" in err and notes.read_text() == '{"title": "my notes"}\n{"title": "more"'
+    err = one_line_error(capsys, ["caption", str(EXAMPLES), "--output", str(tmp_path)])
+    assert "is not a file" in err
