@@ -1,26 +1,41 @@
 """Reading images from anything a user hands us: paths, bytes, PIL images or arrays.
 
-Every entry point (feature caching, training, the CLI, the server) goes through `load_image`,
-so EXIF rotation, mode conversion and the decompression-bomb guard are applied identically.
+Every entry point (feature caching, training, the CLI, the server) goes through `load_image`, and
+every kind of input takes the same steps to RGB: EXIF rotation, transparency composited on white,
+16-bit kept to its high byte, and big images reduced (the encoder sees ~224 px). Conversion runs a
+band of rows at a time, so a big image costs little more than its decoded pixels; JPEGs decode
+straight at reduced size. Files are checked against MAX_PIXELS from their header, before any
+decoding and before Pillow's own decompression-bomb check (which has another limit and warns).
 """
 from __future__ import annotations
 
 import io
 import os
+import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Union
+from typing import IO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import ImageError
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 MAX_PIXELS = 64_000_000  # anything larger is refused as a likely decompression bomb
-# Huge photos are decoded at reduced size (JPEG draft mode) since the encoder sees ~224 px.
-DRAFT_SIZE = (1024, 1024)
+WEBP_MAX_PIXELS = 16_000_000  # Pillow's WebP decoding holds four copies of the pixels
+# Big images are read at 1/2, 1/4, ... of their size, keeping at least this longest side.
+DECODE_SIDE = 1024
+BAND_PIXELS = 1 << 20  # pixels converted at a time
+WHITE = (255, 255, 255)
+DEEP_MODES = {"I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16, "I;16N": np.uint16, "I": np.int32, "F": np.float32}
+EXIF_TRANSPOSE = {  # EXIF orientation -> the transpose that shows the photo upright
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -54,64 +69,156 @@ def find_images(paths: list[str | os.PathLike]) -> tuple[list[Path], list[str]]:
     return found, problems
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F) to 8-bit RGB on white."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
-        image = Image.fromarray(array, mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+def reduction(size: tuple[int, int]) -> int:
+    """The power of two a big image is reduced by: its longest side stays at least DECODE_SIDE."""
+    factor = 1
+    while max(size) // (2 * factor) >= DECODE_SIDE:
+        factor *= 2
+    return factor
+
+
+class TooManyPixelsError(ImageError):
+    """An image refused from its header, before any decoding, for having too many pixels."""
+
+    def __init__(self, name: str, size: tuple[int, int], limit: int, kind: str = ""):
+        self.size, self.limit = size, limit
+        super().__init__(
+            f"{name}: {size[0]:,} x {size[1]:,} pixels is over the {limit / 1e6:g}-megapixel limit{kind} "
+            "(a guard against decompression bombs); downscale it first"
+        )
+
+
+def _white_level(dtype: np.dtype, maximum: float) -> float:
+    """The value that means white: 1 for 0..1 floats and booleans, 65535 for 16-bit, else 255."""
+    if dtype.kind in "fb" and maximum <= 1:
+        return 1.0
+    if dtype.kind == "u" and dtype.itemsize == 2:
+        return 65535.0
+    return 255.0 if maximum <= 255 else 65535.0
+
+
+def _to_uint8(values: np.ndarray, white: float) -> np.ndarray:
+    """Scale to 0..255; 16-bit keeps its high byte, as Pillow reads 16-bit colour files."""
+    if values.dtype == np.uint8:
+        return values
+    scale = 255.0 if white == 1.0 else 256.0 / (white + 1.0)
+    return np.clip(np.nan_to_num(values * scale), 0, 255).astype(np.uint8)
+
+
+def _band_to_rgb(band: Image.Image, white: float = 255.0) -> Image.Image:
+    """A band of any PIL mode -> 8-bit RGB, transparent pixels composited on white."""
+    if band.mode in DEEP_MODES:
+        band = Image.fromarray(_to_uint8(np.asarray(band), white))  # (h, w) uint8 -> "L"
+    if "transparency" in band.info:  # palette or single-colour transparency becomes alpha
+        band = band.convert("RGBA")
+    if band.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = band.convert("RGBA")
+        background = Image.new("RGB", band.size, WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    return image.convert("RGB")
+    return band.convert("RGB")
 
 
-def _from_array(array: np.ndarray) -> Image.Image:
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+def _assemble(size: tuple[int, int], band: Callable[[int, int], Image.Image]) -> Image.Image:
+    """The RGB image from `band(top, bottom)`, each band reduced as it comes so no full-size copy exists."""
+    width, height = size
+    factor = reduction(size)
+    rows = max(1, BAND_PIXELS // (width * factor)) * factor  # whole blocks: bands reduce as the whole would
+    if rows >= height:
+        image = band(0, height)
+        return image.reduce(factor) if factor > 1 else image
+    result = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        image = band(top, min(top + rows, height))
+        result.paste(image.reduce(factor) if factor > 1 else image, (0, top // factor))
+    return result
+
+
+def _pil_to_rgb(image: Image.Image) -> Image.Image:
+    """A decoded (or lazily opened) PIL image -> upright RGB, reduced if big."""
+    orientation = image.getexif().get(0x0112, 1)
+    if image.mode in ("RGB", "L") and "transparency" not in image.info:
+        # Pillow reduces these modes without a full-size copy; the same pixels as band by band.
+        factor = reduction(image.size)
+        rgb = (image.reduce(factor) if factor > 1 else image).convert("RGB")
+    else:
+        white = _white_level(np.dtype(DEEP_MODES[image.mode]), image.getextrema()[1]) if image.mode in DEEP_MODES else 255.0
+        width = image.width
+        rgb = _assemble(image.size, lambda top, bottom: _band_to_rgb(image.crop((0, top, width, bottom)), white))
+    return rgb.transpose(EXIF_TRANSPOSE[orientation]) if orientation in EXIF_TRANSPOSE else rgb
+
+
+def _array_to_rgb(array: np.ndarray) -> Image.Image:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of any numeric type -> RGB, by the steps files take."""
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)) or array.size == 0:
         raise ImageError(f"array of shape {array.shape} is not an image; pass (H, W), (H, W, 3) or (H, W, 4)")
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    if array.dtype != np.uint8:
-        array = np.asarray(array, dtype=np.float64)
-        if array.max() <= 1.0:
-            array = array * 255.0
-        array = np.clip(array, 0, 255).astype(np.uint8)
-    return Image.fromarray(array[..., :3] if array.shape[-1] == 4 else array, mode="RGB")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    white = 255.0 if array.dtype == np.uint8 else _white_level(array.dtype, float(np.nanmax(array)))
+
+    def band(top: int, bottom: int) -> Image.Image:
+        return _band_to_rgb(Image.fromarray(np.ascontiguousarray(_to_uint8(array[top:bottom], white))))
+
+    return _assemble((array.shape[1], array.shape[0]), band)
+
+
+def _webp_size(header: bytes) -> tuple[int, int] | None:
+    """A WebP's canvas size from its first 30 bytes (as Pillow's WebP plugin reads it)."""
+    if len(header) < 30 or header[:4] != b"RIFF" or header[8:12] != b"WEBP":
+        return None
+    chunk = header[12:16]
+    if chunk == b"VP8 " and header[23:26] == b"\x9d\x01\x2a":
+        return int.from_bytes(header[26:28], "little") & 0x3FFF, int.from_bytes(header[28:30], "little") & 0x3FFF
+    if chunk == b"VP8X":
+        return int.from_bytes(header[24:27], "little") + 1, int.from_bytes(header[27:30], "little") + 1
+    if chunk == b"VP8L" and header[20] == 0x2F:
+        bits = int.from_bytes(header[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def open_header(handle: IO[bytes], name: str = "image", max_pixels: int = MAX_PIXELS) -> ImageFile.ImageFile:
+    """`Image.open` for FORMATS that reads the header only and refuses an image over `max_pixels`
+    with TooManyPixelsError, instead of Pillow's own check (another limit, a warning below it).
+    The result is not decoded yet; `open_image` decodes it."""
+    header = handle.read(30)
+    size, webp_limit = _webp_size(header), min(max_pixels, WEBP_MAX_PIXELS)
+    if size and size[0] * size[1] > webp_limit:  # checked first: its decoder allocates the canvas on opening
+        raise TooManyPixelsError(name, size, webp_limit, " for WebP")
+    Image.init()
+    for format_name in FORMATS:
+        factory, accept = Image.OPEN.get(format_name, (None, None))
+        accepted = factory and (accept(header[:16]) if accept else True)
+        if accepted and not isinstance(accepted, str):  # a string is Pillow's reason for not accepting
+            handle.seek(0)
+            try:
+                image = factory(handle, "")
+            except (SyntaxError, IndexError, TypeError, struct.error):  # not this format after all, as in Image.open
+                continue
+            if image.width * image.height > max_pixels:
+                raise TooManyPixelsError(name, image.size, max_pixels)
+            return image
+    raise UnidentifiedImageError(f"cannot identify image file {name!r}")
+
+
+def _decode(handle: IO[bytes], size: int, name: str) -> Image.Image:
+    if size == 0:
+        raise ImageError(f"{name}: file is empty (0 bytes)")
+    image = open_header(handle, name)
+    width, height = image.size
+    scale = min(reduction(image.size), 8)
+    if scale > 1:  # JPEG decodes at 1/2, 1/4 or 1/8 size; other formats ignore drafts
+        image.draft("RGB", (max(1, width // scale), max(1, height // scale)))
+    return _pil_to_rgb(image)
 
 
 def open_image(source: bytes | str | os.PathLike, name: str = "image") -> Image.Image:
-    """Decode an image file or bytes to RGB, applying EXIF rotation; raise ImageError on failure."""
+    """Decode an image file or bytes to upright RGB, reduced while decoding if big; raise ImageError on failure."""
     try:
         if isinstance(source, (bytes, bytearray)):
-            if len(source) == 0:
-                raise ImageError(f"{name}: file is empty (0 bytes)")
-            handle = io.BytesIO(source)
-        else:
-            if os.path.getsize(source) == 0:
-                raise ImageError(f"{name}: file is empty (0 bytes)")
-            handle = open(source, "rb")
-        with handle:
-            image = Image.open(handle)
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(
-                    f"{name}: {width} x {height} pixels is over the {MAX_PIXELS:,}-pixel limit "
-                    "(possible decompression bomb); downscale it first"
-                )
-            if image.format == "JPEG":
-                image.draft("RGB", DRAFT_SIZE)
-            image.seek(0)  # first frame of a GIF or multi-page TIFF
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)  # no extra full-size copy
-            return _to_rgb(image)
+            return _decode(io.BytesIO(source), len(source), name)
+        with open(source, "rb") as handle:
+            return _decode(handle, os.fstat(handle.fileno()).st_size, name)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -122,20 +229,31 @@ def open_image(source: bytes | str | os.PathLike, name: str = "image") -> Image.
         raise ImageError(f"{name}: permission denied") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a supported image (use JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"{name}: refused as a possible decompression bomb ({error})") from None
+    except Image.DecompressionBombError:  # Pillow's own check, on a GIF frame or TIFF tile larger than the header said
+        raise ImageError(f"{name}: refused as a possible decompression bomb (a frame far larger than the image)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{name}: image is corrupt or truncated ({error})") from None
 
 
+def _undecoded_jpeg(image: Image.Image) -> bytes | None:
+    """The file behind a JPEG opened but not yet decoded, so it is read (at reduced size) as a path would be."""
+    handle = getattr(image, "fp", None)
+    if image.format not in ("JPEG", "MPO") or not getattr(image, "tile", None) or handle is None or image.tell() != 0:
+        return None
+    position = handle.tell()
+    handle.seek(0)
+    data = handle.read()
+    handle.seek(position)
+    return data
+
+
 def load_image(image: ImageInput, name: str | None = None) -> Image.Image:
-    """Turn a path, bytes, PIL image or array into an RGB PIL image."""
+    """Turn a path, bytes, PIL image or array into an upright RGB PIL image, big ones reduced."""
     if isinstance(image, Image.Image):
-        if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation other than "upright"
-            image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
+        data = _undecoded_jpeg(image)
+        return open_image(data, name or "image") if data is not None else _pil_to_rgb(image)
     if isinstance(image, np.ndarray):
-        return _from_array(image)
+        return _array_to_rgb(image)
     if isinstance(image, (bytes, bytearray)):
         return open_image(bytes(image), name or "image bytes")
     if isinstance(image, (str, os.PathLike)):

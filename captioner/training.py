@@ -184,6 +184,8 @@ def decode_split(
 def self_critical_loss(decoder, features: Features, keys: list[str], reward: CiderD, vocabulary: Vocabulary, samples_per_image: int, max_length: int, autocast) -> tuple[torch.Tensor, float]:
     """Self-critical sequence training (Rennie et al. 2017) with the mean of the other samples as
     baseline: raise the log-probability of sampled captions that beat their siblings' CIDEr-D."""
+    if samples_per_image < 2:  # one sample has no siblings to be the baseline (0/0 would train on NaN)
+        raise ValueError(f"self-critical training needs samples_per_image >= 2, got {samples_per_image}")
     options = DecodingOptions(max_length=max_length, no_repeat_ngram_size=0)
     groups = sample(decoder, features, num_captions=samples_per_image, temperature=1.0, top_p=1.0, options=options)
     sequences = [hypothesis.tokens for group in groups for hypothesis in group]

@@ -1,4 +1,7 @@
-"""Greedy, beam search and sampling: equality at beam 1, sorted n-best lists, stopping at <eos>."""
+"""Greedy, beam search and sampling: equality at beam 1, sorted n-best lists, stopping at <eos>,
+beam search beating greedy and the length penalty on decoders whose every probability is known."""
+import math
+
 import pytest
 import torch
 
@@ -112,3 +115,53 @@ def test_a_large_negative_bias_keeps_a_word_out_of_the_caption():
     bias[0, word] = -50.0
     results = beam_search(decoder, features, beam_size=3, bias=bias)
     assert word not in results[0][0].tokens and results[1][0].tokens == plain[1][0].tokens
+
+
+class TreeDecoder:
+    """Next-word probabilities looked up by the caption so far (`{prefix: {word: p}}`), so a test
+    can work out every caption's score by hand. Prefixes off the tree babble on (words 10 and 11)
+    instead of ending: a caption off the tree never finishes before `max_length`."""
+
+    def __init__(self, tree: dict[tuple[int, ...], dict[int, float]], vocab_size: int = 12):
+        self.tree, self.vocab_size = tree, vocab_size
+
+    def init_state(self, features: Features):
+        return {"prefix": torch.zeros(features.pooled.shape[0], 0, dtype=torch.long)}
+
+    def step(self, last_tokens, state):
+        prefix = state["prefix"]
+        if prefix.shape[1] or (last_tokens != Vocabulary.bos_id).any():
+            prefix = torch.cat([prefix, last_tokens[:, None]], dim=1)  # (B, t): the words so far, without <bos>
+        logits = torch.full((len(prefix), self.vocab_size), -50.0)
+        for row, words in enumerate(prefix.tolist()):
+            for word, probability in self.tree.get(tuple(words), {10: 0.5, 11: 0.5}).items():
+                logits[row, word] = math.log(probability)
+        return logits, {"prefix": prefix}
+
+
+EOS = Vocabulary.eos_id
+
+
+def test_beam_search_finds_a_better_caption_than_greedy():
+    # Greedy takes word 4 (p 0.6) and then has only poor words (p 0.25 at best); 5 (p 0.4) leads on surely.
+    tree = {(): {4: 0.6, 5: 0.4}, (4,): {7: 0.25, 8: 0.25, 9: 0.25, 6: 0.25}, (5,): {6: 1.0}}
+    tree |= {(4, word): {EOS: 1.0} for word in (6, 7, 8, 9)} | {(5, 6): {EOS: 1.0}}
+    decoder, features = TreeDecoder(tree), random_features(2)
+    options = DecodingOptions(max_length=5, no_repeat_ngram_size=0, length_penalty=0.0)
+    greedy_best = greedy(decoder, features, options)[0][0]
+    beam_best = beam_search(decoder, features, beam_size=2, options=options)[0][0]
+    assert greedy_best.tokens[0] == 4 and beam_best.tokens == [5, 6]
+    assert greedy_best.score == pytest.approx(math.log(0.6 * 0.25), abs=1e-4)
+    assert beam_best.score == pytest.approx(math.log(0.4), abs=1e-4)
+
+
+@pytest.mark.parametrize("length_penalty, ranking", [(0.0, [[4], [5, 6, 7]]), (1.0, [[5, 6, 7], [4]])])
+def test_length_penalty_decides_between_a_short_and_a_long_caption(length_penalty, ranking):
+    # "4 <eos>": log-prob sum -0.51, mean over 2 tokens -0.26; "5 6 7 <eos>": sum -0.92, mean over 4 -0.23.
+    tree = {(): {4: 0.6, 5: 0.4}, (4,): {EOS: 1.0}, (5,): {6: 1.0}, (5, 6): {7: 1.0}, (5, 6, 7): {EOS: 1.0}}
+    options = DecodingOptions(max_length=8, no_repeat_ngram_size=0, length_penalty=length_penalty)
+    results = beam_search(TreeDecoder(tree), random_features(1), beam_size=2, num_captions=2, options=options)[0]
+    assert [h.tokens for h in results] == ranking
+    for hypothesis in results:
+        probability = 0.6 if hypothesis.tokens == [4] else 0.4
+        assert hypothesis.score == pytest.approx(math.log(probability) / (len(hypothesis.tokens) + 1) ** length_penalty, abs=1e-4)

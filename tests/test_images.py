@@ -1,12 +1,18 @@
 """Every supported format and mode decodes to RGB; bad files give one clear ImageError."""
 import io
 import struct
+import subprocess
+import sys
+import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import captioner.images
+from captioner.cli import main
 from captioner.errors import ImageError
 from captioner.images import find_images, load_image
 
@@ -17,7 +23,8 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-RGB = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+RNG_PICTURE = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+RGB = Image.fromarray(RNG_PICTURE)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
@@ -56,12 +63,22 @@ def test_arrays_and_pil_images():
     assert load_image(RGB.convert("RGBA")).mode == "RGB"
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG that claims a huge size: the decompression-bomb shape."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + png_chunk(b"IEND", b"")
+
+
+def uniform_png(width: int, height: int, bit_depth: int, colour_type: int, row: bytes, chunks: bytes = b"") -> bytes:
+    """A PNG whose every row is `row`: a huge image in a small file, compressed a row at a time."""
+    compressor = zlib.compressobj(1)
+    data = b"".join(compressor.compress(b"\x00" + row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + chunks + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("data, message", [
@@ -94,3 +111,153 @@ def test_find_images_expands_folders_in_order(tmp_path):
     found, problems = find_images([tmp_path / "z.jpg", tmp_path / "b", tmp_path / "empty", tmp_path / "missing.jpg"])
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["z.jpg", "b/1.jpg", "b/2.png"]
     assert len(problems) == 2 and "no images" in problems[0] and "no such file" in problems[1]
+
+
+def gradient(height: int, width: int) -> np.ndarray:
+    """A smooth (H, W, 3) picture: it compresses well, and JPEG keeps it close."""
+    y, x = np.arange(height)[:, None], np.arange(width)[None, :]
+    picture = np.empty((height, width, 3), dtype=np.uint8)
+    picture[..., 0], picture[..., 1], picture[..., 2] = (x // 7) % 256, (y // 5) % 256, ((x + y) // 11) % 256
+    return picture
+
+
+def with_alpha(rgb: np.ndarray) -> np.ndarray:
+    alpha = (np.arange(rgb.shape[1]) * 255 // (rgb.shape[1] - 1)).astype(np.uint8)  # transparent at the left, opaque at the right
+    return np.dstack([rgb, np.broadcast_to(alpha, rgb.shape[:2])])
+
+
+def every_input(array: np.ndarray, path) -> dict[str, np.ndarray]:
+    """The same picture handed over in each way a caller can, each read to RGB."""
+    Image.fromarray(array).save(path)
+    inputs = {
+        "path": path, "bytes": path.read_bytes(), "opened PIL image": Image.open(path), "PIL image": Image.fromarray(array), "array": array,
+    }
+    return {kind: np.asarray(load_image(source)) for kind, source in inputs.items()}
+
+
+def test_rgba_reads_the_same_from_every_input(tmp_path):
+    rgba = with_alpha(RNG_PICTURE)
+    readings = every_input(rgba, tmp_path / "rgba.png")
+    for kind, rgb in readings.items():
+        assert np.array_equal(rgb, readings["path"]), kind
+    assert (readings["array"][:, 0] == 255).all()  # fully transparent: white, not the hidden colour
+    assert np.array_equal(readings["array"][:, -1], rgba[:, -1, :3])  # opaque: the colour itself
+
+
+def test_16_bit_reads_the_same_from_every_input(tmp_path):
+    grey = np.random.default_rng(1).integers(0, 65536, (40, 60), dtype=np.uint16)
+    readings = every_input(grey, tmp_path / "grey16.png")
+    expected = np.repeat((grey >> 8).astype(np.uint8)[..., None], 3, axis=-1)  # scaled to the high byte, not clipped
+    for kind, rgb in readings.items():
+        assert np.array_equal(rgb, expected), kind
+    colour = np.random.default_rng(2).integers(0, 65536, (40, 60, 3), dtype=np.uint16)
+    assert np.array_equal(np.asarray(load_image(colour)), colour >> 8)  # as Pillow reads a 16-bit colour file
+
+
+def test_big_rgba_is_reduced_band_by_band_as_the_whole_would_be(tmp_path):
+    rgba = with_alpha(gradient(2101, 3001))
+    readings = every_input(rgba, tmp_path / "big.png")
+    whole = Image.new("RGB", (3001, 2101), (255, 255, 255))
+    whole.paste(Image.fromarray(rgba), mask=Image.fromarray(rgba[..., 3]))
+    expected = np.asarray(whole.reduce(2))  # (1051, 1501, 3)
+    for kind, rgb in readings.items():
+        assert np.array_equal(rgb, expected), kind
+
+
+def test_large_jpeg_reads_the_same_from_path_bytes_and_an_opened_image(tmp_path):
+    path = tmp_path / "large.jpg"
+    Image.fromarray(gradient(3000, 4100)).save(path, quality=90)
+    readings = {kind: np.asarray(load_image(source)) for kind, source in
+                {"path": path, "bytes": path.read_bytes(), "opened PIL image": Image.open(path)}.items()}
+    for kind, rgb in readings.items():
+        assert rgb.shape == (750, 1025, 3) and np.array_equal(rgb, readings["path"]), kind  # decoded at 1/4 size
+    # Pixels already decoded at full size cannot be draft-decoded: box-reduced to the same size instead.
+    decoded = np.asarray(Image.open(path))
+    from_array, from_pil = np.asarray(load_image(decoded)), np.asarray(load_image(Image.fromarray(decoded)))
+    assert np.array_equal(from_array, from_pil) and from_array.shape == (750, 1025, 3)
+    assert np.abs(from_array.astype(int) - readings["path"]).mean() < 1
+
+
+@pytest.mark.parametrize("size, reduced", [
+    ((2047, 100), (2047, 100)), ((2048, 100), (1024, 50)), ((4100, 10), (1025, 3)), ((300, 9000), (38, 1125)),
+])
+def test_big_images_are_reduced_by_a_power_of_two(size, reduced):
+    assert load_image(np.zeros((size[1], size[0]), dtype=np.uint8)).size == reduced
+
+
+def test_exif_rotation_of_a_large_jpeg_follows_the_reduction():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(Image.fromarray(gradient(3000, 4100)), "JPEG", exif=exif.tobytes())
+    assert load_image(data).size == load_image(Image.open(io.BytesIO(data))).size == (750, 1025)
+
+
+def no_bomb_warnings(caught: list) -> bool:
+    return not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+@pytest.mark.parametrize("width, height", [(10_000, 10_000), (30_000, 30_000)])
+def test_too_many_pixels_is_refused_from_the_header_in_our_words(width, height):
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(ImageError) as error:
+        warnings.simplefilter("always")
+        load_image(png_header_only(width, height))
+    assert str(error.value) == (f"image bytes: {width:,} x {height:,} pixels is over the 64-megapixel limit "
+                                "(a guard against decompression bombs); downscale it first")
+    assert no_bomb_warnings(caught)
+
+
+def test_big_webp_is_refused_before_its_decoder_allocates():
+    header = struct.pack("<I", 10) + bytes(4) + (7999).to_bytes(3, "little") + (7999).to_bytes(3, "little")
+    data = b"RIFF" + struct.pack("<I", 4 + 8 + 10) + b"WEBP" + b"VP8X" + header
+    with pytest.raises(ImageError, match="8,000 x 8,000 pixels is over the 16-megapixel limit for WebP"):
+        load_image(data)
+
+
+def test_cli_reports_a_too_big_photo_in_one_line(tmp_path, capsys):
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_header_only(10_000, 10_000))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["--threads", "1", "caption", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"captioner: {path}: 10,000 x 10,000 pixels is over the 64-megapixel limit "
+                   "(a guard against decompression bombs); downscale it first\n")
+    assert no_bomb_warnings(caught)
+
+
+PEAK_MEMORY = """
+import sys, types
+package = types.ModuleType("captioner")  # the image module alone: the package's __init__ would import torch
+package.__path__ = [sys.argv[1]]
+sys.modules["captioner"] = package
+from captioner.images import load_image
+
+def peak_mib():  # VmHWM starts afresh with the process, unlike ru_maxrss, which a child inherits from its parent
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) // 1024
+
+before = peak_mib()
+for path in sys.argv[2:]:
+    load_image(path)
+print(peak_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="peak memory is read from /proc (Linux)")
+def test_peak_memory_of_the_costliest_uploads(tmp_path):
+    """64-megapixel PNGs of a few hundred KB each, in the modes that decode to the most bytes."""
+    side = 8000
+    files = {
+        "grey16.png": uniform_png(side, side, 16, 0, b"\x12\x34" * side),
+        "palette.png": uniform_png(side, side, 8, 3, b"\x00\x01" * (side // 2), png_chunk(b"PLTE", bytes(6)) + png_chunk(b"tRNS", b"\x00")),
+        "rgba.png": uniform_png(side, side, 8, 6, b"\x10\x20\x30\x80" * side),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    package = str(Path(captioner.images.__file__).parent)
+    result = subprocess.run([sys.executable, "-c", PEAK_MEMORY, package, *(str(tmp_path / name) for name in files)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    # Pillow holds the decoded RGBA (4 bytes a pixel, 244 MiB); the result (at most 2048 px a side,
+    # 16 MiB) and a band at a time may come on top. Before bands, these took 1,040 to 1,590 MiB.
+    assert int(result.stdout) < 320

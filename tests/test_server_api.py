@@ -1,10 +1,11 @@
-"""The JSON API through FastAPI's TestClient, with the shipped model: captions, errors, limits, queue, privacy."""
+"""The JSON API with the shipped model, through FastAPI's TestClient and, where sockets matter
+(stalled, dropped and concurrent clients), a real uvicorn server: captions, errors, limits, queue, privacy."""
 from __future__ import annotations
 
 import asyncio
 import builtins
-import inspect
 import io
+import json
 import logging
 import socket
 import struct
@@ -14,18 +15,26 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import starlette.formparsers
 import torch
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import ValidationError
 
+from captioner.api import pretrained_path
 from captioner.errors import CaptionerError
-from captioner.server import Settings, create_app, serve
-from captioner.server.app import MULTIPART_OVERHEAD, InferenceQueue
+from captioner.server import Settings, create_app
+from captioner.server import app as server_app
+from captioner.server.app import MULTIPART_OVERHEAD, InferenceQueue, openapi_3_0
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
@@ -70,6 +79,74 @@ def encoded(image: Image.Image, format: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format, **options)
     return buffer.getvalue()
+
+
+def app_sharing_model(client, inference_threads: int = 1, **settings):
+    """A fresh app with its own settings and queue but the module's loaded model (no second lifespan)."""
+    app = create_app(Settings(inference_threads=inference_threads, **settings))
+    app.state.captioner = client.app.state.captioner
+    app.state.inference_queue = InferenceQueue(app.state.settings.queue_size, inference_threads)
+    return app
+
+
+@pytest.fixture
+def server_logs(caplog, monkeypatch):
+    """Every log record of the app and of uvicorn, even if an earlier test let uvicorn configure its loggers."""
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+    caplog.set_level(logging.INFO)
+    return caplog
+
+
+def assert_no_tracebacks(caplog) -> None:
+    assert not [record for record in caplog.records if record.exc_info], caplog.text
+    assert "Traceback" not in caplog.text
+
+
+@contextmanager
+def uvicorn_serving(app) -> Iterator[int]:
+    """Serve app (its model already in place) with uvicorn on a free loopback port in a thread; yield the port."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        app.state.inference_queue.shutdown()
+
+
+def start_raw_upload(port: int, body: bytes, content_length: int) -> socket.socket:
+    """Open a connection and send a POST's headers and `body`, which may be less than content_length promises."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head = (
+        f"POST /api/captions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {content_length}\r\n\r\n"
+    )
+    connection.sendall(head.encode() + body)
+    return connection
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (an answer may come in several packets)."""
+    chunks = []
+    while chunk := connection.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 # ---- answers ------------------------------------------------------------------------------
@@ -222,10 +299,37 @@ def test_slow_upload_is_408(client):
 
     started = time.monotonic()
     sent = raw_post(app, receive)
-    assert sent[0]["status"] == 408 and b"upload_timeout" in sent[1]["body"]
+    assert sent[0]["status"] == 408 and b"upload_timeout" in sent[1]["body"], sent
     assert time.monotonic() - started < 2
     assert app.state.inference_queue.admitted == 0  # the slot was given back
     app.state.inference_queue.shutdown()
+
+
+def test_docs_read_an_openapi_3_0_schema(client):
+    """The bundled Swagger UI 4 cannot render OpenAPI 3.1 ("Unable to render this definition")."""
+    docs = client.get("/docs").text
+    assert "/docs/openapi-3.0.json" in docs and "/openapi.json" not in docs
+    schema, original = client.get("/docs/openapi-3.0.json").json(), client.get("/openapi.json").json()
+    assert schema["openapi"].startswith("3.0.") and original["openapi"].startswith("3.1.")
+    assert set(schema["paths"]) == set(original["paths"]) and set(schema["components"]["schemas"]) == set(original["components"]["schemas"])
+    assert '{"type": "null"}' not in json.dumps(schema)
+    model = schema["components"]["schemas"]["Health"]["properties"]["model"]
+    assert model["type"] == "string" and model["nullable"] is True
+
+
+def test_openapi_3_0_rewrites_what_3_1_changed():
+    document = {"openapi": "3.1.0", "components": {"schemas": {"A": {"properties": {
+        "maybe_ref": {"anyOf": [{"$ref": "#/components/schemas/B"}, {"type": "null"}]},
+        "either": {"oneOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}]},
+        "fixed": {"const": "x", "examples": ["x"]},
+        "const": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 1.5},
+    }}}}}
+    properties = openapi_3_0(document)["components"]["schemas"]["A"]["properties"]
+    assert properties["maybe_ref"] == {"nullable": True, "allOf": [{"$ref": "#/components/schemas/B"}]}
+    assert properties["either"] == {"nullable": True, "oneOf": [{"type": "integer"}, {"type": "string"}]}
+    assert properties["fixed"] == {"enum": ["x"], "example": "x"}
+    assert properties["const"] == {"type": "integer", "minimum": 0, "exclusiveMinimum": True, "maximum": 1.5, "exclusiveMaximum": True}
+    assert openapi_3_0(document)["openapi"] == "3.0.3" and document["openapi"] == "3.1.0"  # a copy
 
 
 def test_text_file_is_415(client):
@@ -250,7 +354,7 @@ def test_decompression_bomb_is_refused(client):
     bomb = png_bomb()
     assert len(bomb) < 200_000
     error = assert_error(post_image(client, bomb, "bomb.png"), 422, "image_too_large")
-    assert "megapixel" in error["message"]
+    assert error["message"] == "20,000 x 20,000 pixels is over the 64-megapixel limit; downscale the photo and try again."
 
 
 @pytest.mark.parametrize("options", [
@@ -274,6 +378,23 @@ def test_missing_image_is_422(client):
 def test_malformed_multipart_is_400_not_500(client, body, content_type):
     response = client.post("/api/captions", content=body, headers={"content-type": content_type})
     assert_error(response, 400, "malformed_request")
+
+
+def test_overlong_boundary_is_400_not_500(client, astronaut, server_logs):
+    """python-multipart refuses boundaries over 256 characters when the parser is built, before any body is parsed."""
+    boundary = "b" * 257
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'.encode() + astronaut + f"\r\n--{boundary}--\r\n".encode()
+    response = client.post("/api/captions", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert "boundary" in assert_error(response, 400, "malformed_request")["message"].lower()
+    assert_no_tracebacks(server_logs)
+
+
+@pytest.mark.parametrize("path", ["/", "/healthz", "/api/model", "/api/limits", "/docs", "/static/app.js"])
+def test_head_answers_like_get(client, path):
+    get, head = client.get(path), client.head(path)
+    assert get.status_code == head.status_code == 200
+    assert head.content == b"" and dict(head.headers) == dict(get.headers)
+    assert int(head.headers["content-length"]) == len(get.content)
 
 
 def test_unknown_routes_and_methods_answer_json(client):
@@ -307,7 +428,8 @@ def test_refusal_reads_the_small_upload_first(client):
     async def receive():
         nonlocal pulled
         pulled += 1
-        return {"type": "http.request", "body": IMAGE_PART_HEAD if pulled == 1 else b"\0" * 1000, "more_body": pulled < 5}
+        body = IMAGE_PART_HEAD if pulled == 1 else b"\0" * 1000 if pulled < 5 else b"\r\n--b--\r\n"
+        return {"type": "http.request", "body": body, "more_body": pulled < 5}
 
     held = 0
     try:
@@ -320,21 +442,87 @@ def test_refusal_reads_the_small_upload_first(client):
     assert sent[0]["status"] == 503 and pulled == 5
 
 
-def test_concurrent_requests_are_safe(client):
-    photos = {name: (EXAMPLES / name).read_bytes() for name in ("rocket.jpg", "coffee.jpg")}
-    expected = {name: post_image(client, data).json()["captions"] for name, data in photos.items()}
-    results: list[tuple[str, object]] = []
+def test_concurrent_requests_are_safe(client, monkeypatch):
+    """Four jobs run at the same moment on four inference threads, and each answer is its own photo's."""
+    photos = {name: (EXAMPLES / name).read_bytes() for name in ("rocket.jpg", "coffee.jpg", "astronaut.jpg", "chelsea.jpg")}
+    expected = {name: post_image(client, data, beam_size=3, num_captions=2).json() for name, data in photos.items()}
+    together = threading.Barrier(len(photos), timeout=60)  # opens only once every job is running at once
+    real_caption_photo = server_app.caption_photo
 
-    def worker(name: str) -> None:
-        response = post_image(client, photos[name])
-        results.append((name, response.json()["captions"] if response.status_code == 200 else response.status_code))
+    def caption_photo_together(*args):
+        together.wait()
+        return real_caption_photo(*args)
 
-    threads = [threading.Thread(target=worker, args=(name,)) for name in list(photos) * 2]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert sorted(results, key=str) == sorted(((name, expected[name]) for name in list(photos) * 2), key=str)
+    monkeypatch.setattr(server_app, "caption_photo", caption_photo_together)
+    app = app_sharing_model(client, inference_threads=len(photos))
+    with uvicorn_serving(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http, ThreadPoolExecutor(len(photos)) as pool:
+        responses = dict(zip(photos, pool.map(lambda name: post_image(http, photos[name], beam_size=3, num_captions=2), photos)))
+    for name, response in responses.items():
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["captions"], body["tags"], body["image"]) == (expected[name]["captions"], expected[name]["tags"], expected[name]["image"])
+
+
+# ---- slow, stalled and vanishing clients (a real server, real sockets) ---------------------
+
+def test_stalled_uploads_hold_no_inference_slot(client, astronaut):
+    """Six clients send 100 bytes and stall (three times the queue); a normal client still gets its caption at once."""
+    app = app_sharing_model(client, queue_size=2, read_timeout=60)
+    memory, queue = app.state.upload_memory, app.state.inference_queue
+    upload = IMAGE_PART_HEAD + astronaut + b"\r\n--b--\r\n"
+    with uvicorn_serving(app) as port:
+        stalled = [start_raw_upload(port, upload[:100], len(upload)) for _ in range(6)]
+        try:
+            assert wait_until(lambda: memory.held == 6 * 100), "the server did not start reading the stalled uploads"
+            assert queue.admitted == 0
+            started = time.monotonic()
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+                response = post_image(http, astronaut)
+            assert response.status_code == 200, response.text
+            assert time.monotonic() - started < 15  # a caption's time, not a timeout's
+        finally:
+            for connection in stalled:
+                connection.close()
+
+
+def test_stalled_upload_is_dropped_after_the_read_timeout(client):
+    app = app_sharing_model(client, read_timeout=0.5)
+    with uvicorn_serving(app) as port:
+        connection = start_raw_upload(port, IMAGE_PART_HEAD + b"\0" * 100, content_length=100_000)
+        started = time.monotonic()
+        with connection:
+            answer = read_until_closed(connection)
+        assert answer.startswith(b"HTTP/1.1 408") and b"upload_timeout" in answer and b"stalled" in answer
+        assert time.monotonic() - started < 5
+        assert wait_until(lambda: app.state.upload_memory.held == 0)
+
+
+def test_client_leaving_mid_upload_is_one_quiet_log_line(client, server_logs):
+    app = app_sharing_model(client)
+    with uvicorn_serving(app) as port:
+        connection = start_raw_upload(port, IMAGE_PART_HEAD + b"\0" * 1000, content_length=100_000)
+        assert wait_until(lambda: app.state.upload_memory.held > 0), "the server did not start reading the upload"
+        connection.close()
+        assert wait_until(lambda: app.state.upload_memory.held == 0), "the server still holds the abandoned upload"
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200  # and it still answers
+    lines = [record for record in server_logs.records if "disconnect" in record.getMessage().lower()]
+    assert len(lines) == 1 and lines[0].levelno <= logging.INFO, server_logs.text
+    assert not [record for record in server_logs.records if record.levelno >= logging.WARNING], server_logs.text
+    assert_no_tracebacks(server_logs)
+
+
+def test_upload_memory_is_bounded_and_given_back(client, astronaut):
+    app = app_sharing_model(client, max_upload_bytes=1024 * 1024, upload_memory=1024 * 1024 + MULTIPART_OVERHEAD)
+    memory, test_client = app.state.upload_memory, TestClient(app)  # no `with`: no second lifespan
+    with memory.account() as hold:
+        hold(memory.capacity - 1000)  # as if other uploads filled the budget
+        assert_error(post_image(test_client, astronaut), 503, "queue_full")
+    assert memory.held == 0
+    assert post_image(test_client, astronaut).status_code == 200
+    assert memory.held == 0
+    app.state.inference_queue.shutdown()
+    with pytest.raises(ValidationError, match="upload_memory"):
+        Settings(max_upload_bytes=1024 * 1024, upload_memory=1024 * 1024)
 
 
 def test_uploads_never_touch_disk_nor_logs(client, monkeypatch, caplog):
@@ -374,6 +562,18 @@ def test_broken_model_fails_at_startup(tmp_path):
                 pass
 
 
+@pytest.mark.parametrize("metrics", ['{"CIDEr": 0.5, "BLEU-4"', "[0.5]"])
+def test_broken_metrics_file_fails_at_startup(tmp_path, metrics):
+    """Not a model that starts and then answers 500 at /api/model."""
+    for file in pretrained_path().iterdir():
+        (tmp_path / file.name).symlink_to(file)
+    (tmp_path / "metrics.json").unlink()
+    (tmp_path / "metrics.json").write_text(metrics)
+    with pytest.raises(CaptionerError, match="cannot load the model") as raised, TestClient(create_app(Settings(model_path=tmp_path))):
+        pass
+    assert "metrics.json" in str(raised.value) and "\n" not in str(raised.value)
+
+
 def test_cli_reports_a_missing_model_in_one_line(tmp_path):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -387,5 +587,16 @@ def test_cli_reports_a_missing_model_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("captioner: error: cannot load the model")
 
 
-def test_serve_binds_to_loopback_by_default():
-    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+def test_serve_command_listens_on_loopback_unless_told_otherwise(monkeypatch):
+    from captioner.cli import main
+
+    listened = []
+
+    def run_without_serving(server, sockets=None):
+        listened.append((server.config.host, server.config.port))
+        server.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", run_without_serving)
+    assert main(["serve"]) == 0
+    assert main(["serve", "--host", "0.0.0.0", "--port", "8123"]) == 0
+    assert listened == [("127.0.0.1", 5000), ("0.0.0.0", 8123)]

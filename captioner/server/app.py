@@ -2,8 +2,10 @@
 
 The model is loaded once, in the app's lifespan, and reached through the `get_captioner`
 dependency. Uploads are streamed into memory with the size limit checked on every chunk (never
-spooled to disk, never logged); a bounded `InferenceQueue` admits a few jobs at a time and
-answers the rest with a quick 503; blocking decode and inference run in its thread pool.
+spooled to disk, never logged), under a per-client read timeout and a shared memory budget. Only a
+fully received upload is admitted to the bounded `InferenceQueue`, so a stalled client never holds
+an inference slot; a full queue answers a quick 503; blocking decode and inference run in its
+thread pool.
 """
 from __future__ import annotations
 
@@ -11,18 +13,19 @@ import asyncio
 import io
 import logging
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from python_multipart.exceptions import MultipartParseError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -30,16 +33,15 @@ from starlette.requests import ClientDisconnect
 from ..api import Captioner
 from ..encoders import PreprocessConfig, shrink_large
 from ..errors import CaptionerError, ImageError
-from ..images import MAX_PIXELS, load_image
+from ..images import MAX_PIXELS, TooManyPixelsError, load_image, open_header
 from . import schemas
 
 logger = logging.getLogger("captioner.server")
 
 MB = 1024 * 1024
+CLOSE = {"Connection": "close"}  # the rest of an unread body cannot be told from the next request
 STATIC = Path(__file__).parent / "static"
-# Formats a browser or phone produces (JPEG includes multi-picture MPO); PIL can open many more,
-# each one more parser to trust.
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# The formats images.FORMATS opens (a browser or phone produces these; JPEG includes multi-picture MPO).
 SUPPORTED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 MULTIPART_OVERHEAD = 64 * 1024  # part headers, boundaries and the option fields around the image
 OPTION_FIELD_BYTES = 32
@@ -61,7 +63,19 @@ class Settings(BaseModel):
     max_pixels: int = Field(MAX_PIXELS, gt=0, le=MAX_PIXELS, description="Larger images are refused before decoding.")
     queue_size: int = Field(8, ge=0, description="Caption jobs admitted at once (running or waiting); the rest get 503.")
     inference_threads: int = Field(1, ge=1, description="Jobs run side by side; each already uses all of PyTorch's threads.")
-    upload_timeout: float = Field(30.0, gt=0, description="Seconds to receive an upload, so a slow client cannot hold a queue slot.")
+    upload_timeout: float = Field(30.0, gt=0, description="Seconds to receive a whole upload; a slower one gets 408.")
+    read_timeout: float = Field(10.0, gt=0, description="Seconds a client may send nothing in the middle of an upload; then 408.")
+    upload_memory: int | None = Field(None, gt=0, description="Bytes of uploads held at once, received or waiting; None: room for 2 x queue_size full uploads. Past it, 503.")
+
+    @model_validator(mode="after")
+    def _one_upload_fits(self) -> Settings:
+        if self.upload_memory is not None and self.upload_memory < self.max_upload_bytes + MULTIPART_OVERHEAD:
+            raise ValueError("upload_memory must hold at least one upload of max_upload_bytes plus 64 KiB of form overhead")
+        return self
+
+    @property
+    def upload_memory_limit(self) -> int:
+        return self.upload_memory or 2 * max(self.queue_size, 1) * (self.max_upload_bytes + MULTIPART_OVERHEAD)
 
 
 class ApiError(Exception):
@@ -109,6 +123,35 @@ class InferenceQueue:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
+class UploadMemory:
+    """The bytes of uploads held at once, from the first byte received until the answer is sent.
+
+    Uploads are read before they are admitted to the queue, so this, not the queue, bounds their
+    memory. A client is charged only for what it has sent: a stalled one costs almost nothing.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.held = 0  # only touched from the event loop, so no lock is needed
+
+    @contextmanager
+    def account(self) -> Iterator[Callable[[int], None]]:
+        """Yield `hold(size)`, which charges size bytes (ApiError 503 past the budget); all given back on exit."""
+        charged = 0
+
+        def hold(size: int) -> None:
+            nonlocal charged
+            if self.held + size > self.capacity:
+                raise ApiError(503, "queue_full", "The server is busy receiving other photos; try again in a moment.", {"Retry-After": "1"})
+            self.held += size
+            charged += size
+
+        try:
+            yield hold
+        finally:
+            self.held -= charged
+
+
 # ---- dependencies -------------------------------------------------------------------------
 
 def get_settings(request: Request) -> Settings:
@@ -126,9 +169,14 @@ def get_inference_queue(request: Request) -> InferenceQueue:
     return request.app.state.inference_queue
 
 
+def get_upload_memory(request: Request) -> UploadMemory:
+    return request.app.state.upload_memory
+
+
 SettingsDependency = Annotated[Settings, Depends(get_settings)]
 CaptionerDependency = Annotated[Captioner, Depends(get_captioner)]
 QueueDependency = Annotated[InferenceQueue, Depends(get_inference_queue)]
+UploadMemoryDependency = Annotated[UploadMemory, Depends(get_upload_memory)]
 
 
 # ---- reading the upload -------------------------------------------------------------------
@@ -208,28 +256,51 @@ def multipart_boundary(content_type: str | None) -> bytes:
     return boundary
 
 
-async def read_caption_form(request: Request, max_upload_bytes: int) -> tuple[bytes, schemas.CaptionOptions]:
-    """Stream the body into memory, refusing it as soon as it passes the limit."""
+async def body_chunks(request: Request, settings: Settings) -> AsyncIterator[bytes]:
+    """The body's chunks; ApiError 408 when the client goes quiet for `read_timeout` or the upload passes `upload_timeout`."""
+    # One deadline checked at every chunk rather than an outer wait_for: a cancellation that
+    # arrives as a chunk does can be swallowed by the inner wait_for (Python < 3.12).
+    deadline = time.monotonic() + settings.upload_timeout
+    stream = request.stream()
+    while True:
+        wait = min(settings.read_timeout, deadline - time.monotonic())
+        try:
+            chunk = await asyncio.wait_for(anext(stream), max(wait, 0.0))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            if wait < settings.read_timeout:
+                raise ApiError(408, "upload_timeout", f"The upload took longer than {settings.upload_timeout:g} s; check the connection and try again.", CLOSE) from None
+            raise ApiError(408, "upload_timeout", f"The upload stalled for {settings.read_timeout:g} s; check the connection and try again.", CLOSE) from None
+        yield chunk
+
+
+async def read_caption_form(request: Request, settings: Settings, hold: Callable[[int], None]) -> tuple[bytes, schemas.CaptionOptions]:
+    """Stream the body into memory, refusing it as soon as it passes the limit; `hold` charges each chunk."""
+    max_upload_bytes = settings.max_upload_bytes
     body_limit = max_upload_bytes + MULTIPART_OVERHEAD
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > body_limit:
         raise _upload_too_large(max_upload_bytes)  # refused before a byte of it is read
-    reader = FormReader(multipart_boundary(request.headers.get("content-type")), {
-        "image": max_upload_bytes, "beam_size": OPTION_FIELD_BYTES, "num_captions": OPTION_FIELD_BYTES,
-    })
+    boundary = multipart_boundary(request.headers.get("content-type"))
     received = 0
     try:
-        async for chunk in request.stream():
+        reader = FormReader(boundary, {"image": max_upload_bytes, "beam_size": OPTION_FIELD_BYTES, "num_captions": OPTION_FIELD_BYTES})
+        async for chunk in body_chunks(request, settings):
             received += len(chunk)
             if received > body_limit:
                 raise _upload_too_large(max_upload_bytes)
+            hold(len(chunk))
             reader.write(chunk)
     except FieldTooLarge as error:
         if error.args[0] == "image":
             raise _upload_too_large(max_upload_bytes) from None
         raise ApiError(422, "invalid_options", f"The form field '{error.args[0]}' is too long; send a small number.") from None
-    except MultipartParseError as error:
+    except FormParserError as error:  # a bad body, or a boundary the parser refuses (over 256 characters)
         raise ApiError(400, "malformed_request", f"The multipart/form-data body could not be parsed ({error}).") from None
+    except ClientDisconnect:
+        logger.info("client disconnected during an upload after %d bytes", received)
+        raise ApiError(400, "client_disconnected", "The connection closed before the whole upload arrived; send the photo again.") from None
     if not reader.complete:
         raise ApiError(400, "malformed_request", "The multipart/form-data body ended early; send the whole form.")
     if reader.unknown:
@@ -282,18 +353,17 @@ def decode_photo(data: bytes, max_pixels: int, preprocess_config: PreprocessConf
     try:
         # Identify the format and size from the header alone: unknown formats are a 415, and a
         # decompression bomb is refused before any pixel is decoded.
-        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as probe:
+        with open_header(io.BytesIO(data), "upload", max_pixels) as probe:
             width, height = probe.size
-            if probe.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the axes
+            # The base class's getexif reads the header only (PNG's own decodes the whole image)
+            if Image.Image.getexif(probe).get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the axes
                 width, height = height, width
     except UnidentifiedImageError:
         raise ApiError(415, "unsupported_image", f"That file is not a supported image; send a {SUPPORTED_NAMES} photo.") from None
-    except Image.DecompressionBombError:
-        raise _too_many_pixels(None, max_pixels) from None
+    except TooManyPixelsError as error:
+        raise _too_many_pixels(error.size, error.limit) from None
     except Exception:  # a header PIL recognises but cannot parse
         raise _corrupt_image() from None
-    if width * height > max_pixels:
-        raise _too_many_pixels((width, height), max_pixels)
     try:
         image = load_image(data, name="upload")
     except ImageError:
@@ -303,9 +373,8 @@ def decode_photo(data: bytes, max_pixels: int, preprocess_config: PreprocessConf
     return shrink_large(image, preprocess_config), schemas.ImageSize(width=width, height=height)
 
 
-def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> ApiError:
-    what = f"{size[0]:,} x {size[1]:,} pixels" if size else "Far too many pixels"
-    return ApiError(422, "image_too_large", f"{what} is over the {max_pixels / 1e6:g}-megapixel limit; downscale the photo and try again.")
+def _too_many_pixels(size: tuple[int, int], max_pixels: int) -> ApiError:
+    return ApiError(422, "image_too_large", f"{size[0]:,} x {size[1]:,} pixels is over the {max_pixels / 1e6:g}-megapixel limit; downscale the photo and try again.")
 
 
 def _corrupt_image() -> ApiError:
@@ -331,7 +400,7 @@ def caption_photo(captioner: Captioner, data: bytes, options: schemas.CaptionOpt
 def _errors(*statuses: int) -> dict:
     descriptions = {
         400: "Malformed multipart body", 408: "Upload too slow", 413: "Upload over the size limit", 415: "Not a supported image, or not multipart/form-data",
-        422: "Bad options, or a corrupt, truncated or too-large image", 503: "Inference queue full, or model not loaded; retry",
+        422: "Bad options, or a corrupt, truncated or too-large image", 503: "Inference queue or upload memory full, or model not loaded; retry",
     }
     return {status: {"model": schemas.ErrorResponse, "description": descriptions[status]} for status in statuses}
 
@@ -341,11 +410,17 @@ CAPTION_FORM_DOC = {"requestBody": {"required": True, "content": {"multipart/for
 router = APIRouter()
 
 
+# Errors about the body's delivery itself: never wait for more of it.
+UNDRAINED_ERRORS = {"upload_timeout", "upload_too_large", "client_disconnected"}
+
+
 @router.post(
     "/api/captions", response_model=schemas.CaptionResponse, summary="Caption a photo",
     responses=_errors(400, 408, 413, 415, 422, 503), openapi_extra=CAPTION_FORM_DOC,
 )
-async def create_caption(request: Request, captioner: CaptionerDependency, queue: QueueDependency, settings: SettingsDependency) -> schemas.CaptionResponse:
+async def create_caption(
+    request: Request, captioner: CaptionerDependency, queue: QueueDependency, memory: UploadMemoryDependency, settings: SettingsDependency,
+) -> schemas.CaptionResponse:
     """Upload a photo as the multipart field `image`, with optional fields `beam_size` and `num_captions`.
 
     The answer holds the captions, best first, and the photo's visual concepts (`tags`), most probable first.
@@ -353,14 +428,12 @@ async def create_caption(request: Request, captioner: CaptionerDependency, queue
     """
     started = time.perf_counter()
     try:
-        with queue.slot():  # before reading the body, so a full queue also bounds the memory held in uploads
-            try:
-                data, options = await asyncio.wait_for(read_caption_form(request, settings.max_upload_bytes), settings.upload_timeout)
-            except asyncio.TimeoutError:
-                raise ApiError(408, "upload_timeout", f"The upload took longer than {settings.upload_timeout:g} s; check the connection and try again.") from None
-            captions, tags, size, timings = await queue.run(caption_photo, captioner, data, options, settings.max_pixels)
+        with memory.account() as hold:
+            data, options = await read_caption_form(request, settings, hold)
+            with queue.slot():  # only now, so a slow or stalled upload never holds an inference slot
+                captions, tags, size, timings = await queue.run(caption_photo, captioner, data, options, settings.max_pixels)
     except ApiError as error:
-        if error.status not in (408, 413):  # those two are about the body itself: never wait for more of it
+        if error.code not in UNDRAINED_ERRORS:
             await discard_body(request, settings.max_upload_bytes + MULTIPART_OVERHEAD, timeout=2.0)
         raise
     timings["total"] = round((time.perf_counter() - started) * 1000, 1)
@@ -368,12 +441,12 @@ async def create_caption(request: Request, captioner: CaptionerDependency, queue
 
 
 @router.get("/api/model", response_model=schemas.ModelInfo, summary="The loaded model", responses=_errors(503))
-async def model_info(captioner: CaptionerDependency) -> schemas.ModelInfo:
+async def model_info(request: Request, captioner: CaptionerDependency) -> schemas.ModelInfo:
     decoder = dict(captioner.config["decoder"])
     return schemas.ModelInfo(
         name=captioner.name, encoder=captioner.config["encoder"],
         decoder=schemas.DecoderInfo(kind=decoder.pop("kind"), parameters=decoder),
-        vocabulary_size=len(captioner.vocabulary), metrics=captioner.metrics,
+        vocabulary_size=len(captioner.vocabulary), metrics=request.app.state.model_metrics,
     )
 
 
@@ -429,24 +502,25 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 # ---- the app ------------------------------------------------------------------------------
 
-def load_captioner(settings: Settings) -> Captioner:
-    """Load the model and caption a blank image once, so a broken model fails here, not at the first request."""
+def load_captioner(settings: Settings) -> tuple[Captioner, dict]:
+    """Load the model and its metrics, and caption a blank image once, so a broken model fails here, not at the first request."""
     try:
         captioner = Captioner.load(settings.model_path) if settings.model_path else Captioner.from_pretrained()
+        metrics = captioner.metrics  # read once: a broken metrics.json is refused like any broken model file
         captioner.generate(captioner.encode([Image.new("RGB", (64, 64))]), beam_size=1)
     except CaptionerError as error:
         raise CaptionerError(f"cannot load the model: {error}") from None
     except Exception as error:
         where = settings.model_path or "the shipped default model"
         raise CaptionerError(f"cannot load the model from {where}: {type(error).__name__}: {error}") from None
-    return captioner
+    return captioner, metrics
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
     try:
-        app.state.captioner = load_captioner(settings)
+        app.state.captioner, app.state.model_metrics = load_captioner(settings)
     except CaptionerError as error:
         app.state.startup_error = str(error)  # serve() reports it as one line
         raise
@@ -459,33 +533,105 @@ async def lifespan(app: FastAPI):
         app.state.captioner = None
 
 
+class HeadLikeGet:
+    """Answer HEAD on every GET route with GET's status and headers and no body (RFC 9110, 9.3.2).
+
+    FastAPI routes declared with GET refuse HEAD with 405, which breaks `curl -I` and uptime probes.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def send_headers_only(message):
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app: JSON API under /api, health at /healthz, the page at /, docs at /docs."""
     app = FastAPI(
         title="Captioner", version="1", lifespan=lifespan, docs_url=None,
         description="Upload a photo, get its caption. Uploads are processed in memory and never stored or logged.",
     )
-    app.state.settings = settings or Settings()
+    app.state.settings = settings = settings or Settings()
     app.state.captioner = None
+    app.state.model_metrics = {}
     app.state.startup_error = None
+    app.state.upload_memory = UploadMemory(settings.upload_memory_limit)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _install_offline_docs(app)
     _install_error_handlers(app)
+    app.add_middleware(HeadLikeGet)
     return app
 
 
+DOCS_OPENAPI_URL = "/docs/openapi-3.0.json"
+
+
 def _install_offline_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs from the swagger-ui-bundle package, not a CDN, so it works offline."""
+    """Swagger UI at /docs from the swagger-ui-bundle package, not a CDN, so it works offline.
+
+    That package bundles Swagger UI 4, which renders only OpenAPI 3.0: it reads a 3.0 rendering of
+    the schema, while /openapi.json stays FastAPI's OpenAPI 3.1 for every other client.
+    """
     import swagger_ui_bundle
     from fastapi.openapi.docs import get_swagger_ui_html
 
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
 
+    @app.get(DOCS_OPENAPI_URL, include_in_schema=False)
+    def docs_schema() -> JSONResponse:
+        return JSONResponse(openapi_3_0(app.openapi()))
+
     @app.get("/docs", include_in_schema=False)
     def docs():
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url, title="Captioner API",
+            openapi_url=DOCS_OPENAPI_URL, title="Captioner API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
             swagger_favicon_url="/static/favicon.svg" if (STATIC / "favicon.svg").is_file() else "/docs-assets/favicon-32x32.png",
         )
+
+
+def openapi_3_0(document: dict) -> dict:
+    """A copy of an OpenAPI 3.1 document in OpenAPI 3.0 terms, for Swagger UI 4.
+
+    Only what 3.1 changed in schemas and FastAPI emits: `null` in anyOf/oneOf becomes `nullable`,
+    `const` a one-value enum, an `examples` list `example`, numeric exclusive bounds the boolean form.
+    """
+    return {**_as_3_0(document), "openapi": "3.0.3"}
+
+
+def _as_3_0(node):
+    if isinstance(node, list):
+        return [_as_3_0(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _as_3_0(value) for key, value in node.items()}
+    for key in ("anyOf", "oneOf"):
+        options = node.get(key)
+        if isinstance(options, list) and {"type": "null"} in options:
+            rest = [option for option in options if option != {"type": "null"}]
+            del node[key]
+            node["nullable"] = True
+            if len(rest) == 1 and "$ref" not in rest[0]:
+                node.update(rest[0])
+            else:  # 3.0 ignores the siblings of a $ref, so wrap it
+                node["allOf" if len(rest) == 1 else key] = rest
+    if "const" in node and not isinstance(node["const"], dict):  # not a property named "const"
+        node["enum"] = [node.pop("const")]
+    if isinstance(node.get("examples"), list) and node["examples"]:  # a schema's; 3.0's own examples are a map
+        node["example"] = node.pop("examples")[0]
+    for exclusive, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(exclusive), (int, float)) and not isinstance(node[exclusive], bool):
+            node[inclusive], node[exclusive] = node[exclusive], True
+    return node
