@@ -141,39 +141,45 @@ def beam_search(
     prefixes: list[list[int]] = [[] for _ in range(batch * beam_size)]
     last = torch.full((batch * beam_size,), Vocabulary.bos_id, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done = [False] * batch
     banned, bias = _per_row(banned, beam_size), _per_row(bias, beam_size)  # beams stay in their image's block of rows
+    active = list(range(batch))  # images still searching; rows are theirs only, K per image, in this order
     for step in range(options.max_length + 1):
         logits, state = decoder.step(last, state)
-        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options, banned, bias)  # (B*K, V)
+        log_probs = _mask_logits(F.log_softmax(logits.float(), dim=-1), prefixes, step, options, banned, bias)  # (A*K, V)
         vocab = log_probs.shape[-1]
-        candidates = (beam_log_probs[:, :, None] + log_probs.view(batch, beam_size, vocab)).view(batch, -1)  # (B, K*V)
-        top_scores, top_indices = candidates.topk(2 * beam_size, dim=-1)  # (B, 2K)
+        candidates = (beam_log_probs[:, :, None] + log_probs.view(len(active), beam_size, vocab)).view(len(active), -1)  # (A, K*V)
+        top_scores, top_indices = candidates.topk(2 * beam_size, dim=-1)  # (A, 2K)
         top_scores, top_indices = top_scores.tolist(), top_indices.tolist()
         beams: list[tuple[int, int, float, list[int]]] = []  # (source row, token, log-prob sum, prefix)
-        for b in range(batch):
+        still = []  # positions in `active` of the images that go on
+        for position, image in enumerate(active):
             kept = []
-            for score, index in zip(top_scores[b], top_indices[b]):
-                if len(kept) == beam_size:
+            for score, index in zip(top_scores[position], top_indices[position]):
+                if len(kept) == beam_size or len(finished[image]) >= beam_size:
                     break
-                source, token = b * beam_size + index // vocab, index % vocab
-                if done[b] or score == float("-inf"):
+                source, token = position * beam_size + index // vocab, index % vocab
+                if score == float("-inf"):
                     kept.append((source, Vocabulary.eos_id, float("-inf"), prefixes[source]))  # a dead beam
                 elif token == Vocabulary.eos_id:
                     prefix = prefixes[source]
-                    finished[b].append(Hypothesis(list(prefix), normalised_score(score, len(prefix) + 1, options.length_penalty)))
-                    done[b] = len(finished[b]) >= beam_size
+                    finished[image].append(Hypothesis(list(prefix), normalised_score(score, len(prefix) + 1, options.length_penalty)))
                 else:
                     kept.append((source, token, score, prefixes[source] + [token]))
-            kept += [(b * beam_size, Vocabulary.eos_id, float("-inf"), [])] * (beam_size - len(kept))  # every candidate finished
-            beams.extend(kept)
-        if all(done):
+            if len(finished[image]) < beam_size and step < options.max_length:
+                kept += [(position * beam_size, Vocabulary.eos_id, float("-inf"), [])] * (beam_size - len(kept))  # every candidate finished
+                beams.extend(kept)
+                still.append(position)
+        if not still:
             break
+        if len(still) < len(active):  # finished images leave the batch: no more steps computed for them
+            rows = torch.tensor([position * beam_size + k for position in still for k in range(beam_size)], device=device)
+            banned = banned.index_select(0, rows) if banned is not None else None
+            bias = bias.index_select(0, rows) if bias is not None else None
+            active = [active[position] for position in still]
         new_sources, new_tokens, new_scores, prefixes = (list(column) for column in zip(*beams))
-        sources = torch.tensor(new_sources, device=device)
-        state = _reorder(state, sources)
+        state = _reorder(state, torch.tensor(new_sources, device=device))
         last = torch.tensor(new_tokens, device=device)
-        beam_log_probs = torch.tensor(new_scores, device=device).view(batch, beam_size)
+        beam_log_probs = torch.tensor(new_scores, device=device).view(len(active), beam_size)
     results = []
     for b in range(batch):
         hypotheses = sorted(finished[b], key=lambda h: h.score, reverse=True)
