@@ -1,6 +1,7 @@
 """Speed and memory of the captioner on this machine's CPU.
 
-Prints: encoder images/s while caching features; seconds per training epoch for each decoder
+Prints: the encoder on ONNX Runtime (the default) against PyTorch, alternating in one run, for one
+caption, a folder at batch 32 and feature caching, each beside issue 8's target; encoder images/s while caching features; seconds per training epoch for each decoder
 (timed steps on Flickr8k-sized batches, extrapolated to one epoch); captioning latency for one
 image from file to caption (median and p95, beam 3); throughput at batch 32; model load time;
 peak memory of `captioner caption` on a folder; and, if `transformers` is installed, a peer
@@ -136,6 +137,40 @@ def bench_concepts(repeats: int, baseline: str | None) -> dict[str, float]:
     return results
 
 
+TARGETS = {"one caption (ms)": 40, "folder, batch 32 (photos/s)": 60, "feature caching (photos/s)": 90}
+
+
+def bench_engines(repeats: int, folder_photos: int, cache_photos: int) -> dict[str, tuple[float, float]]:
+    """The encoder on ONNX Runtime (the default) against PyTorch's CPU kernels, same decoder,
+    alternating in one run: one caption (median ms), a folder at batch 32 and feature caching
+    (photos/s, median of 3). Returns {figure: (onnxruntime, pytorch)}."""
+    from captioner.api import Captioner
+    from captioner.encoders import create_encoder
+    from captioner.features import FeatureCache
+
+    engines = {True: Captioner.from_pretrained(), False: Captioner.from_pretrained()}
+    engines[False].encoder = create_encoder("efficientnet-lite2", onnxruntime=False)
+    photo, folder, cached = ROOT / "examples" / "chelsea.jpg", sample_photos(folder_photos), sample_photos(cache_photos)
+    times: dict[str, dict[bool, list[float]]] = {name: {True: [], False: []} for name in TARGETS}
+    for captioner in engines.values():
+        captioner.caption(folder[:32], batch_size=32)  # warm-up
+    for _ in range(repeats):
+        for fast, captioner in engines.items():
+            started = time.perf_counter()
+            captioner.caption(photo, beam_size=3)
+            times["one caption (ms)"][fast].append((time.perf_counter() - started) * 1000)
+    for _ in range(3):
+        for fast, captioner in engines.items():
+            started = time.perf_counter()
+            captioner.caption(folder, beam_size=3, batch_size=32)
+            times["folder, batch 32 (photos/s)"][fast].append(len(folder) / (time.perf_counter() - started))
+            with tempfile.TemporaryDirectory() as cache:
+                started = time.perf_counter()
+                FeatureCache.build(Path(cache), captioner.encoder, [f"{i}" for i in range(len(cached))], cached, progress=False)
+                times["feature caching (photos/s)"][fast].append(len(cached) / (time.perf_counter() - started))
+    return {name: (statistics.median(runs[True]), statistics.median(runs[False])) for name, runs in times.items()}
+
+
 PEAK_OF_CAPTION_COMMAND = """
 import sys
 from captioner.cli import main
@@ -187,6 +222,10 @@ def main() -> None:
     if not args.skip_training:
         for kind, seconds in bench_epochs(args.train_steps).items():
             print(f"training epoch, {kind} decoder (30,000 Flickr8k captions): {seconds:.0f} s")
+    print("encoder engines, alternating in one run (ONNX Runtime is the default; target from issue 8):")
+    for name, (fast, slow) in bench_engines(args.repeats, 256, args.encoder_images).items():
+        verdict = "meets" if (fast <= TARGETS[name] if "ms" in name else fast >= TARGETS[name]) else "misses"
+        print(f"  {name}: onnxruntime {fast:.1f}, pytorch {slow:.1f} -> ratio {fast / slow:.2f}; target {TARGETS[name]} ({verdict})")
     captioning = bench_captioning(args.repeats)
     print(f"load default model: {captioning['load_s']:.2f} s")
     print(f"caption one image, file to caption, beam 3: median {captioning['latency_median_ms']:.0f} ms, p95 {captioning['latency_p95_ms']:.0f} ms")

@@ -62,3 +62,44 @@ def test_folded_encoder_matches_the_package_network(encoder):
     grid, _ = encoder(images)
     assert torch.allclose(grid, expected, atol=1e-3)
     assert torch.allclose(classify(encoder, images), expected_logits, atol=1e-3)
+
+
+def test_onnx_runtime_encoder_matches_pytorch(encoder, example_photos):
+    from captioner.onnx_encoder import OnnxRuntimeEncoder
+
+    assert isinstance(encoder, OnnxRuntimeEncoder)  # the default on the CPU where onnxruntime is installed
+    plain = create_encoder("efficientnet-lite2", onnxruntime=False)
+    assert type(plain) is not OnnxRuntimeEncoder
+    pixels = torch.stack([encoder.preprocess(load_image(path)) for path in example_photos])  # (4, 3, 224, 224)
+    for batch in (pixels[:1], pixels):  # the batch dimension is free
+        grid, pooled = encoder(batch)
+        expected_grid, expected_pooled = plain(batch)
+        assert grid.shape == expected_grid.shape and torch.allclose(grid, expected_grid, atol=1e-3)
+        assert torch.allclose(pooled, expected_pooled, atol=1e-4)
+
+
+def test_without_onnx_runtime_the_encoder_is_pytorch(monkeypatch):
+    import builtins
+
+    from captioner.onnx_encoder import OnnxRuntimeEncoder
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    encoder = create_encoder("efficientnet-lite0")
+    assert not isinstance(encoder, OnnxRuntimeEncoder)
+    assert encoder(torch.zeros(1, 3, 224, 224))[0].shape == (1, 49, 1280)
+
+
+def test_captions_are_the_same_with_either_engine(shipped_captioner, example_photos):
+    from captioner.api import Captioner
+
+    on_pytorch = Captioner.from_pretrained()
+    on_pytorch.encoder = create_encoder("efficientnet-lite2", onnxruntime=False)
+    expected = [[(c.text, round(c.score, 3)) for c in captions] for captions in on_pytorch.caption(example_photos, num_captions=3)]
+    assert [[(c.text, round(c.score, 3)) for c in captions] for captions in shipped_captioner.caption(example_photos, num_captions=3)] == expected
