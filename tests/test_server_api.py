@@ -33,8 +33,8 @@ from pydantic import ValidationError
 from captioner.api import pretrained_path
 from captioner.errors import CaptionerError
 from captioner.server import Settings, create_app
-from captioner.server import app as server_app
-from captioner.server.app import MULTIPART_OVERHEAD, InferenceQueue, openapi_3_0
+from captioner.server.app import MULTIPART_OVERHEAD, InferenceQueue, caption_batcher, openapi_3_0
+from captioner.server.batching import CaptionBatcher
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
@@ -86,6 +86,7 @@ def app_sharing_model(client, inference_threads: int = 1, **settings):
     app = create_app(Settings(inference_threads=inference_threads, **settings))
     app.state.captioner = client.app.state.captioner
     app.state.inference_queue = InferenceQueue(app.state.settings.queue_size, inference_threads)
+    app.state.batcher = caption_batcher(app.state.captioner, app.state.inference_queue, app.state.settings)
     return app
 
 
@@ -447,14 +448,14 @@ def test_concurrent_requests_are_safe(client, monkeypatch):
     photos = {name: (EXAMPLES / name).read_bytes() for name in ("rocket.jpg", "coffee.jpg", "astronaut.jpg", "chelsea.jpg")}
     expected = {name: post_image(client, data, beam_size=3, num_captions=2).json() for name, data in photos.items()}
     together = threading.Barrier(len(photos), timeout=60)  # opens only once every job is running at once
-    real_caption_photo = server_app.caption_photo
+    real_caption_batch = CaptionBatcher._caption_batch
 
-    def caption_photo_together(*args):
+    def caption_batch_together(*args):
         together.wait()
-        return real_caption_photo(*args)
+        return real_caption_batch(*args)
 
-    monkeypatch.setattr(server_app, "caption_photo", caption_photo_together)
-    app = app_sharing_model(client, inference_threads=len(photos))
+    monkeypatch.setattr(CaptionBatcher, "_caption_batch", caption_batch_together)
+    app = app_sharing_model(client, inference_threads=len(photos), max_batch=1)  # one photo a job: four jobs at once
     with uvicorn_serving(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http, ThreadPoolExecutor(len(photos)) as pool:
         responses = dict(zip(photos, pool.map(lambda name: post_image(http, photos[name], beam_size=3, num_captions=2), photos)))
     for name, response in responses.items():
@@ -600,3 +601,20 @@ def test_serve_command_listens_on_loopback_unless_told_otherwise(monkeypatch):
     assert main(["serve"]) == 0
     assert main(["serve", "--host", "0.0.0.0", "--port", "8123"]) == 0
     assert listened == [("127.0.0.1", 5000), ("0.0.0.0", 8123)]
+
+
+def test_requests_arriving_together_are_captioned_in_one_batch(client):
+    """Dynamic batching: eight requests at once share batches, and each answer is its own photo's."""
+    names = ("rocket.jpg", "coffee.jpg", "astronaut.jpg", "chelsea.jpg") * 2
+    expected = {name: post_image(client, (EXAMPLES / name).read_bytes(), beam_size=3, num_captions=2).json() for name in set(names)}
+    app = app_sharing_model(client, batch_wait_ms=200, max_batch=8)
+    with uvicorn_serving(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http, ThreadPoolExecutor(len(names)) as pool:
+        responses = list(pool.map(lambda name: post_image(http, (EXAMPLES / name).read_bytes(), beam_size=3, num_captions=2), names))
+        other_options = post_image(http, (EXAMPLES / "chelsea.jpg").read_bytes(), beam_size=2)
+    for name, response in zip(names, responses):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["captions"], body["tags"], body["image"]) == (expected[name]["captions"], expected[name]["tags"], expected[name]["image"])
+    sizes = app.state.batcher.batch_sizes
+    assert sum(sizes) == len(names) + 1 and max(sizes) > 1  # photos went together
+    assert other_options.status_code == 200 and len(other_options.json()["captions"]) == 1

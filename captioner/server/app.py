@@ -35,6 +35,7 @@ from ..encoders import PreprocessConfig, shrink_large
 from ..errors import CaptionerError, ImageError
 from ..images import MAX_PIXELS, TooManyPixelsError, load_image, open_header
 from . import schemas
+from .batching import CaptionBatcher
 
 logger = logging.getLogger("captioner.server")
 
@@ -65,6 +66,8 @@ class Settings(BaseModel):
     inference_threads: int = Field(1, ge=1, description="Jobs run side by side; each already uses all of PyTorch's threads.")
     upload_timeout: float = Field(30.0, gt=0, description="Seconds to receive a whole upload; a slower one gets 408.")
     read_timeout: float = Field(10.0, gt=0, description="Seconds a client may send nothing in the middle of an upload; then 408.")
+    batch_wait_ms: float = Field(0.0, ge=0, le=1000, description="Dynamic batching: how long a photo waits for others to be captioned with it (0: an idle server starts at once; under load photos gather while the threads are busy).")
+    max_batch: int = Field(8, ge=1, le=64, description="Dynamic batching: most photos captioned together (1 turns batching off).")
     upload_memory: int | None = Field(None, gt=0, description="Bytes of uploads held at once, received or waiting; None: room for 2 x queue_size full uploads. Past it, 503.")
 
     @model_validator(mode="after")
@@ -381,18 +384,16 @@ def _corrupt_image() -> ApiError:
     return ApiError(422, "invalid_image", "The image is corrupt or truncated and cannot be decoded; save or export it again and retry.")
 
 
-def caption_photo(captioner: Captioner, data: bytes, options: schemas.CaptionOptions, max_pixels: int) -> tuple[list[schemas.Caption], list[schemas.Tag], schemas.ImageSize, dict[str, float]]:
-    """Decode, encode and generate for one photo, timing each step in milliseconds; the tags come with the captions."""
+def caption_batcher(captioner: Captioner, queue: InferenceQueue, settings: Settings) -> CaptionBatcher:
+    """Photos arriving within `batch_wait_ms` of each other are encoded and captioned together."""
+    return CaptionBatcher(captioner, queue.run, settings.inference_threads, settings.batch_wait_ms / 1000, settings.max_batch)
+
+
+def decode_timed(data: bytes, max_pixels: int, preprocess_config: PreprocessConfig) -> tuple[Image.Image, schemas.ImageSize, float]:
+    """`decode_photo`, and how long it took in milliseconds."""
     started = time.perf_counter()
-    image, size = decode_photo(data, max_pixels, captioner.preprocess_config)
-    decoded = time.perf_counter()
-    features = captioner.encode([image])
-    encoded = time.perf_counter()
-    (captions,) = captioner.generate(features, beam_size=options.beam_size, num_captions=options.num_captions)
-    generated = time.perf_counter()
-    timings = {"decode": decoded - started, "encode": encoded - decoded, "generate": generated - encoded}
-    tags = [schemas.Tag(word=t.word, score=t.score) for t in (captions[0].tags if captions else [])]  # the photo's, on every caption
-    return [schemas.Caption(text=c.text, score=c.score) for c in captions], tags, size, {k: round(v * 1000, 1) for k, v in timings.items()}
+    image, size = decode_photo(data, max_pixels, preprocess_config)
+    return image, size, round((time.perf_counter() - started) * 1000, 1)
 
 
 # ---- routes -------------------------------------------------------------------------------
@@ -431,13 +432,19 @@ async def create_caption(
         with memory.account() as hold:
             data, options = await read_caption_form(request, settings, hold)
             with queue.slot():  # only now, so a slow or stalled upload never holds an inference slot
-                captions, tags, size, timings = await queue.run(caption_photo, captioner, data, options, settings.max_pixels)
+                image, size, decode_ms = await queue.run(decode_timed, data, settings.max_pixels, captioner.preprocess_config)
+                del data  # the upload's bytes are not needed while the photo waits for its batch
+                captions, timings = await request.app.state.batcher.caption(image, options.beam_size, options.num_captions)
     except ApiError as error:
         if error.code not in UNDRAINED_ERRORS:
             await discard_body(request, settings.max_upload_bytes + MULTIPART_OVERHEAD, timeout=2.0)
         raise
-    timings["total"] = round((time.perf_counter() - started) * 1000, 1)
-    return schemas.CaptionResponse(captions=captions, tags=tags, model=captioner.name, image=size, timing_ms=schemas.Timings(**timings))
+    timings = {"decode": decode_ms, **timings, "total": round((time.perf_counter() - started) * 1000, 1)}
+    tags = [schemas.Tag(word=t.word, score=t.score) for t in (captions[0].tags if captions else [])]  # the photo's, on every caption
+    return schemas.CaptionResponse(
+        captions=[schemas.Caption(text=c.text, score=c.score) for c in captions], tags=tags, model=captioner.name, image=size,
+        timing_ms=schemas.Timings(**timings),
+    )
 
 
 @router.get("/api/model", response_model=schemas.ModelInfo, summary="The loaded model", responses=_errors(503))
@@ -525,6 +532,7 @@ async def lifespan(app: FastAPI):
         app.state.startup_error = str(error)  # serve() reports it as one line
         raise
     app.state.inference_queue = InferenceQueue(settings.queue_size, settings.inference_threads)
+    app.state.batcher = caption_batcher(app.state.captioner, app.state.inference_queue, settings)
     logger.info("model %s loaded; queue of %d", app.state.captioner.name, settings.queue_size)
     try:
         yield
