@@ -358,6 +358,16 @@ def test_decompression_bomb_is_refused(client):
     assert error["message"] == "20,000 x 20,000 pixels is over the 64-megapixel limit; downscale the photo and try again."
 
 
+def test_big_png_has_the_lower_limit_of_formats_decoded_at_full_size(client):
+    error = assert_error(post_image(client, png_bomb(5_000, 5_000), "big.png"), 422, "image_too_large")
+    assert error["message"] == "5,000 x 5,000 pixels is over the 20-megapixel limit for PNG (only JPEG decodes at reduced size); save it as JPEG or downscale the photo and try again."
+    assert client.get("/api/limits").json()["max_pixels_not_jpeg"] == 20_000_000
+    assert post_image(client, png_bomb(4_000, 4_000), "fine.png").status_code == 200  # 16 MP
+    webp = encoded(Image.new("RGB", (2_100, 2_100), (90, 120, 150)), "WEBP")  # WebP's decoder costs more: a fifth of the limit
+    error = assert_error(post_image(client, webp, "big.webp"), 422, "image_too_large")
+    assert error["message"].startswith("2,100 x 2,100 pixels is over the 4-megapixel limit for WEBP")
+
+
 @pytest.mark.parametrize("options", [
     {"beam_size": 0}, {"beam_size": 11}, {"beam_size": "three"}, {"num_captions": 6},
     {"beam_size": 2, "num_captions": 3}, {"beam_size": "9" * 100}, {"beam": 3},

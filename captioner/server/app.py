@@ -62,6 +62,10 @@ class Settings(BaseModel):
     model_path: Path | None = Field(None, description="Model folder; None loads the shipped default model.")
     max_upload_bytes: int = Field(10 * MB, gt=0)
     max_pixels: int = Field(MAX_PIXELS, gt=0, le=MAX_PIXELS, description="Larger images are refused before decoding.")
+    max_pixels_not_jpeg: int = Field(
+        20_000_000, gt=0, le=MAX_PIXELS,
+        description="Larger PNG, GIF, BMP or TIFF images (and WebP over a fifth of it) are refused from the header: they decode at full size before they can be reduced, and this keeps the server under 600 MiB.",
+    )
     queue_size: int = Field(8, ge=0, description="Caption jobs admitted at once (running or waiting); the rest get 503.")
     inference_threads: int = Field(1, ge=1, description="Jobs run side by side; each already uses all of PyTorch's threads.")
     upload_timeout: float = Field(30.0, gt=0, description="Seconds to receive a whole upload; a slower one gets 408.")
@@ -349,8 +353,9 @@ def _describe(error: ValidationError) -> str:
 
 # ---- the blocking work, run on the inference threads --------------------------------------
 
-def decode_photo(data: bytes, max_pixels: int, preprocess_config: PreprocessConfig) -> tuple[Image.Image, schemas.ImageSize]:
-    """Bytes -> RGB image ready for the encoder, and the photo's displayed size; ApiError if unusable."""
+def decode_photo(data: bytes, max_pixels: int, preprocess_config: PreprocessConfig, max_pixels_not_jpeg: int = MAX_PIXELS) -> tuple[Image.Image, schemas.ImageSize]:
+    """Bytes -> RGB image ready for the encoder, and the photo's displayed size; ApiError if unusable.
+    Formats other than JPEG are decoded at full size first, so they have their own, lower, limit."""
     if not data:
         raise ApiError(422, "invalid_image", "The uploaded file is empty; choose a photo.")
     try:
@@ -358,11 +363,16 @@ def decode_photo(data: bytes, max_pixels: int, preprocess_config: PreprocessConf
         # decompression bomb is refused before any pixel is decoded.
         with open_header(io.BytesIO(data), "upload", max_pixels) as probe:
             width, height = probe.size
+            limit = max_pixels_not_jpeg // 5 if probe.format == "WEBP" else max_pixels_not_jpeg  # WebP's decoder holds several more copies
+            if probe.format != "JPEG" and width * height > limit:
+                raise _too_many_pixels((width, height), limit, f" for {probe.format} (only JPEG decodes at reduced size); save it as JPEG or")
             # The base class's getexif reads the header only (PNG's own decodes the whole image)
             if Image.Image.getexif(probe).get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the axes
                 width, height = height, width
     except UnidentifiedImageError:
         raise ApiError(415, "unsupported_image", f"That file is not a supported image; send a {SUPPORTED_NAMES} photo.") from None
+    except ApiError:
+        raise
     except TooManyPixelsError as error:
         raise _too_many_pixels(error.size, error.limit) from None
     except Exception:  # a header PIL recognises but cannot parse
@@ -376,8 +386,8 @@ def decode_photo(data: bytes, max_pixels: int, preprocess_config: PreprocessConf
     return shrink_large(image, preprocess_config), schemas.ImageSize(width=width, height=height)
 
 
-def _too_many_pixels(size: tuple[int, int], max_pixels: int) -> ApiError:
-    return ApiError(422, "image_too_large", f"{size[0]:,} x {size[1]:,} pixels is over the {max_pixels / 1e6:g}-megapixel limit; downscale the photo and try again.")
+def _too_many_pixels(size: tuple[int, int], max_pixels: int, why: str = ";") -> ApiError:
+    return ApiError(422, "image_too_large", f"{size[0]:,} x {size[1]:,} pixels is over the {max_pixels / 1e6:g}-megapixel limit{why} downscale the photo and try again.")
 
 
 def _corrupt_image() -> ApiError:
@@ -389,10 +399,10 @@ def caption_batcher(captioner: Captioner, queue: InferenceQueue, settings: Setti
     return CaptionBatcher(captioner, queue.run, settings.inference_threads, settings.batch_wait_ms / 1000, settings.max_batch)
 
 
-def decode_timed(data: bytes, max_pixels: int, preprocess_config: PreprocessConfig) -> tuple[Image.Image, schemas.ImageSize, float]:
+def decode_timed(data: bytes, settings: Settings, preprocess_config: PreprocessConfig) -> tuple[Image.Image, schemas.ImageSize, float]:
     """`decode_photo`, and how long it took in milliseconds."""
     started = time.perf_counter()
-    image, size = decode_photo(data, max_pixels, preprocess_config)
+    image, size = decode_photo(data, settings.max_pixels, preprocess_config, settings.max_pixels_not_jpeg)
     return image, size, round((time.perf_counter() - started) * 1000, 1)
 
 
@@ -432,7 +442,7 @@ async def create_caption(
         with memory.account() as hold:
             data, options = await read_caption_form(request, settings, hold)
             with queue.slot():  # only now, so a slow or stalled upload never holds an inference slot
-                image, size, decode_ms = await queue.run(decode_timed, data, settings.max_pixels, captioner.preprocess_config)
+                image, size, decode_ms = await queue.run(decode_timed, data, settings, captioner.preprocess_config)
                 del data  # the upload's bytes are not needed while the photo waits for its batch
                 captions, timings = await request.app.state.batcher.caption(image, options.beam_size, options.num_captions)
     except ApiError as error:
@@ -461,7 +471,7 @@ async def model_info(request: Request, captioner: CaptionerDependency) -> schema
 async def limits(settings: SettingsDependency) -> schemas.Limits:
     defaults = schemas.CaptionOptions()
     return schemas.Limits(
-        max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+        max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels, max_pixels_not_jpeg=settings.max_pixels_not_jpeg,
         beam_size=schemas.Range(minimum=1, maximum=schemas.MAX_BEAM_SIZE, default=defaults.beam_size),
         num_captions=schemas.Range(minimum=1, maximum=schemas.MAX_NUM_CAPTIONS, default=defaults.num_captions),
     )

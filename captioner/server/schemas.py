@@ -92,6 +92,7 @@ class Limits(BaseModel):
 
     max_upload_bytes: int
     max_pixels: int
+    max_pixels_not_jpeg: int = Field(description="The lower pixel limit of PNG, WebP, GIF, BMP and TIFF.")
     beam_size: Range
     num_captions: Range
 
