@@ -137,7 +137,11 @@ def _assemble(size: tuple[int, int], band: Callable[[int, int], Image.Image]) ->
 def _pil_to_rgb(image: Image.Image) -> Image.Image:
     """A decoded (or lazily opened) PIL image -> upright RGB, reduced if big."""
     orientation = image.getexif().get(0x0112, 1)
-    if image.mode in ("RGB", "L") and "transparency" not in image.info:
+    plain = image.mode in ("RGB", "L") and "transparency" not in image.info
+    if plain and image.mode == "RGB" and orientation not in EXIF_TRANSPOSE and reduction(image.size) == 1:
+        image.load()  # decoded now, while a file it was opened from is still open
+        return image  # already what the encoder reads (as what load_image returned): no copy
+    if plain:
         # Pillow reduces these modes without a full-size copy; the same pixels as band by band.
         factor = reduction(image.size)
         rgb = (image.reduce(factor) if factor > 1 else image).convert("RGB")
@@ -145,7 +149,9 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
         white = _white_level(np.dtype(DEEP_MODES[image.mode]), image.getextrema()[1]) if image.mode in DEEP_MODES else 255.0
         width = image.width
         rgb = _assemble(image.size, lambda top, bottom: _band_to_rgb(image.crop((0, top, width, bottom)), white))
-    return rgb.transpose(EXIF_TRANSPOSE[orientation]) if orientation in EXIF_TRANSPOSE else rgb
+    rgb = rgb.transpose(EXIF_TRANSPOSE[orientation]) if orientation in EXIF_TRANSPOSE else rgb
+    rgb.info = {}  # pixels only (a new image here): reading it again must not turn it again
+    return rgb
 
 
 def _array_to_rgb(array: np.ndarray) -> Image.Image:

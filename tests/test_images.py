@@ -261,3 +261,18 @@ def test_peak_memory_of_the_costliest_uploads(tmp_path):
     # Pillow holds the decoded RGBA (4 bytes a pixel, 244 MiB); the result (at most 2048 px a side,
     # 16 MiB) and a band at a time may come on top. Before bands, these took 1,040 to 1,590 MiB.
     assert int(result.stdout) < 320
+
+
+def test_reading_what_load_image_returned_changes_nothing(tmp_path):
+    """The CLI and the server read a photo, then hand it to `Captioner.encode`, which reads it again."""
+    pixels = np.random.default_rng(0).integers(0, 255, (100, 200, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to show upright
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", exif=exif.tobytes())
+    Image.fromarray(pixels).save(tmp_path / "small.png")
+    for source in (buffer.getvalue(), tmp_path / "small.png"):
+        once = load_image(source)
+        again = load_image(once)
+        assert again.size == once.size and np.array_equal(np.asarray(again), np.asarray(once))
+    assert load_image(buffer.getvalue()).size == (100, 200)  # turned upright once
