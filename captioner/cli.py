@@ -86,8 +86,12 @@ def _decoded_batches(paths: list[Path], batch_size: int, pool: ThreadPoolExecuto
         yield loaded, errors
 
 
+def _photo_tags(captions) -> list:
+    return captions[0].tags if captions else []  # every caption of a photo carries the photo's tags
+
+
 def _record(path: Path, captions) -> dict:
-    tags = captions[0].tags if captions else []  # every caption of a photo carries the photo's tags
+    tags = _photo_tags(captions)
     return {"path": str(path), "captions": [{"text": c.text, "score": c.score} for c in captions], "tags": [{"word": t.word, "score": t.score} for t in tags]}
 
 
@@ -146,8 +150,7 @@ def _print_or_log(path: Path, captions, args: argparse.Namespace, log) -> None:
     elif args.json:
         print(json.dumps(_record(path, captions)))
     else:
-        tags = captions[0].tags if captions else []
-        tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in tags) if args.tags else ""
+        tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in _photo_tags(captions)) if args.tags else ""
         for caption in captions:
             print(f"{_tsv_field(str(path))}\t{caption.text}{tag_column}")
 
@@ -305,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=ZERO_OR_MORE)
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. decoder.dropout=0.5")
     train.add_argument("--resume", action="store_true", help="continue the run in --output")
-    train.add_argument("--force", action="store_true", help="delete an existing --output and start over")
+    train.add_argument("--force", action="store_true", help="replace the run in --output (kept until the new run has its first checkpoint, put back if it fails)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=command_train)
 
