@@ -5,12 +5,16 @@ Supported layouts (`load_dataset` detects which from the path):
   and the photos in `images/` or `Flicker8k_Dataset/`;
 - Kaggle `captions.txt` (CSV `image,caption`) for Flickr8k / Flickr30k, photos in `Images/`;
 - Karpathy's `dataset_{flickr8k,flickr30k,coco}.json` (splits train / val / test / restval);
-- COCO `captions_{train,val}2014.json` (or 2017), with the object labels of `instances_*.json` beside it;
+- COCO's official release: a folder with `captions_train2014.json` + `captions_val2014.json` (or 2017)
+  gives train + dev, photos in `train2014/` and `val2014/` (named `train2014/NAME.jpg`), object labels
+  from the `instances_*.json` beside them; one `captions_*.json` file gives one split;
 - a COCO-format folder: `captions.json`, optional `instances.json` (object labels), photos in `images/`;
 - a plain CSV or JSONL of `image,caption[,split]` for your own data.
 
 Splits are called train, dev and test. Datasets without splits get a fixed split by a hash of the
-image name (90 / 5 / 5), so it never changes between runs.
+image name (90 / 5 / 5), so it never changes between runs. Each JSON file is parsed once, and its
+objects keep only the fields a reader uses as they are read (COCO's instance file is mostly
+segmentation polygons, which are dropped at once rather than held in memory).
 """
 from __future__ import annotations
 
@@ -127,9 +131,9 @@ def read_kaggle_captions(file: Path, images: Path | None = None) -> CaptionDatas
     return CaptionDataset(file.parent.name or "captions", _find_image_root(file.parent, images), _group(pairs, None))
 
 
-def read_karpathy(file: Path, images: Path | None = None) -> CaptionDataset:
-    """Karpathy's split file `dataset_*.json`: restval joins train, val becomes dev."""
-    data = json.loads(file.read_text(encoding="utf-8"))
+def read_karpathy(file: Path, images: Path | None = None, data: dict | None = None) -> CaptionDataset:
+    """Karpathy's split file `dataset_*.json`: restval joins train, val becomes dev (`data`: the file, parsed)."""
+    data = _read_json(file, CAPTION_FIELDS) if data is None else data
     records = []
     for entry in data["images"]:
         name = f"{entry['filepath']}/{entry['filename']}" if entry.get("filepath") else entry["filename"]
@@ -138,9 +142,15 @@ def read_karpathy(file: Path, images: Path | None = None) -> CaptionDataset:
     return CaptionDataset(data.get("dataset", file.stem), _find_image_root(file.parent, images), records)
 
 
-def _read_json(file: Path) -> dict:
+# The fields the JSON readers use; every other key is dropped from each object as soon as it is read.
+CAPTION_FIELDS = frozenset({"dataset", "images", "annotations", "filepath", "filename", "split", "sentences", "raw", "tokens", "id", "file_name", "image_id", "caption"})
+INSTANCE_FIELDS = frozenset({"categories", "annotations", "id", "name", "image_id", "category_id"})
+
+
+def _read_json(file: Path, fields: frozenset[str]) -> dict:
+    """Parse a JSON dataset file once, keeping only `fields` of every object."""
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(file.read_text(encoding="utf-8"), object_hook=lambda item: {key: value for key, value in item.items() if key in fields})
     except (ValueError, UnicodeDecodeError) as error:
         raise DatasetError(f"{file}: not valid JSON ({error})") from None
     if not isinstance(data, dict):
@@ -151,9 +161,9 @@ def _read_json(file: Path) -> dict:
     return data
 
 
-def _coco_captions(file: Path) -> tuple[dict[int, str], list[tuple[str, str]]]:
-    """A COCO caption file: image id -> file name, and (file name, caption) pairs."""
-    data = _read_json(file)
+def _coco_captions(file: Path, data: dict | None = None) -> tuple[dict[int, str], list[tuple[str, str]]]:
+    """A COCO caption file (`data`: the file, parsed): image id -> file name, and (file name, caption) pairs."""
+    data = _read_json(file, CAPTION_FIELDS) if data is None else data
     try:
         names = {image["id"]: image["file_name"] for image in data["images"]}
         pairs = [(names[annotation["image_id"]], annotation["caption"]) for annotation in data["annotations"] if annotation["image_id"] in names]
@@ -167,7 +177,7 @@ def _coco_captions(file: Path) -> tuple[dict[int, str], list[tuple[str, str]]]:
 
 def _coco_objects(file: Path) -> dict[int, list[str]]:
     """A COCO instance file: image id -> the sorted, distinct category names of its labelled objects."""
-    data = _read_json(file)
+    data = _read_json(file, INSTANCE_FIELDS)
     try:
         categories = {category["id"]: category["name"] for category in data["categories"]}
         objects: dict[int, set[str]] = {}
@@ -182,24 +192,69 @@ def _coco_objects(file: Path) -> dict[int, list[str]]:
     return {image: sorted(names) for image, names in objects.items()}
 
 
-def _coco_records(captions_file: Path, instances_file: Path | None, split: str) -> list[ImageRecord]:
-    names, pairs = _coco_captions(captions_file)
-    records = _group(pairs, {name: split for name in names.values()})
+def _coco_records(captions_file: Path, instances_file: Path | None, split: str, prefix: str = "", data: dict | None = None) -> list[ImageRecord]:
+    """The images of a COCO caption file, named `prefix + file_name`, with their labelled objects."""
+    names, pairs = _coco_captions(captions_file, data)
+    records = _group([(prefix + name.strip(), caption) for name, caption in pairs], {prefix + name.strip(): split for name in names.values()})
     if instances_file is not None:
         objects = _coco_objects(instances_file)
-        by_name = {name.strip(): objects.get(image, []) for image, name in names.items()}
+        by_name = {prefix + name.strip(): objects.get(image, []) for image, name in names.items()}
         for record in records:
             record.objects = by_name[record.image]
     return records
 
 
-def read_coco(file: Path, images: Path | None = None) -> CaptionDataset:
-    """COCO `captions_*.json`: the split comes from the file name (train2014 -> train, val2014 -> dev);
-    object labels come from `instances_*.json` of the same suffix beside it, when present."""
+def _instances_beside(captions_file: Path) -> Path | None:
+    """`instances_val2014.json` beside `captions_val2014.json`, when it is there."""
+    if not captions_file.name.startswith("captions"):
+        return None
+    instances = captions_file.with_name("instances" + captions_file.name[len("captions"):])
+    return instances if instances.is_file() else None
+
+
+def _photo_folder_name(captions_file: Path) -> str:
+    """The folder COCO keeps a caption file's photos in: captions_val2014.json -> val2014."""
+    return captions_file.stem[len("captions_"):]
+
+
+def read_coco(file: Path, images: Path | None = None, data: dict | None = None) -> CaptionDataset:
+    """One COCO `captions_*.json` (`data`: the file, parsed): the split comes from the file name
+    (train2014 -> train, val2014 -> dev); object labels come from `instances_*.json` of the same
+    suffix beside it, when present; photos in `val2014/` (say) beside it, else `images/` or the folder."""
     split = "train" if "train" in file.stem else "test" if "test" in file.stem else "dev"
-    instances = file.with_name("instances" + file.name[len("captions"):]) if file.name.startswith("captions") else None
-    records = _coco_records(file, instances if instances is not None and instances.is_file() else None, split)
+    records = _coco_records(file, _instances_beside(file), split, data=data)
+    photos = file.parent / _photo_folder_name(file)
+    if images is None and file.name.startswith("captions_") and photos.is_dir() and not (file.parent / "images").is_dir():
+        return CaptionDataset("coco", photos, records)
     return CaptionDataset("coco", _find_image_root(file.parent, images), records)
+
+
+def coco_train_and_val(folder: Path) -> tuple[Path, Path] | None:
+    """COCO's official caption files in `folder`: `captions_train2014.json` and `captions_val2014.json`
+    (or 2017; the earliest year when several are there), or None."""
+    for train_file in sorted(folder.glob("captions_train*.json")):
+        val_file = train_file.with_name(train_file.name.replace("captions_train", "captions_val", 1))
+        if val_file.is_file():
+            return train_file, val_file
+    return None
+
+
+def read_coco_official(folder: Path, images: Path | None = None) -> CaptionDataset:
+    """COCO's official release: `captions_train2014.json` gives the train split and
+    `captions_val2014.json` the dev split (or 2017), with object labels from `instances_*.json`
+    beside them. Images are named relative to the folder holding `train2014/` and `val2014/`
+    (`train2014/COCO_train2014_000000000009.jpg`): this folder, or its parent when the captions
+    are in COCO's `annotations/` folder, or `images`."""
+    train_file, val_file = coco_train_and_val(folder)
+    records = []
+    for file, split in ((train_file, "train"), (val_file, "dev")):
+        records += _coco_records(file, _instances_beside(file), split, prefix=_photo_folder_name(file) + "/")
+    photo_folders = [_photo_folder_name(train_file), _photo_folder_name(val_file)]
+    if images is not None:
+        root = _find_image_root(folder, images)
+    else:
+        root = next((base for base in (folder, folder.parent) if all((base / name).is_dir() for name in photo_folders)), folder)
+    return CaptionDataset("coco", root, records)
 
 
 def read_coco_folder(folder: Path, images: Path | None = None) -> CaptionDataset:
@@ -250,6 +305,8 @@ def load_dataset(path: str | Path, images: str | Path | None = None) -> CaptionD
                 dataset = read_kaggle_captions(path / "captions.txt", images)
             elif (path / "captions.json").is_file():
                 dataset = read_coco_folder(path, images)
+            elif not any(path.glob("dataset_*.json")) and coco_train_and_val(path) is not None:
+                dataset = read_coco_official(path, images)
             else:
                 candidates = sorted(path.glob("dataset_*.json")) + sorted(path.glob("captions_*.json"))
                 if not candidates:
@@ -263,8 +320,8 @@ def load_dataset(path: str | Path, images: str | Path | None = None) -> CaptionD
         elif path.name == "captions.json":
             dataset = read_coco_folder(path.parent, images)
         elif path.suffix.lower() == ".json":
-            data_keys = _read_json(path).keys()
-            dataset = read_karpathy(path, images) if "annotations" not in data_keys else read_coco(path, images)
+            data = _read_json(path, CAPTION_FIELDS)  # parsed once, then read by the reader its keys call for
+            dataset = read_karpathy(path, images, data) if "annotations" not in data else read_coco(path, images, data)
         elif path.suffix.lower() in (".csv", ".jsonl"):
             dataset = read_pairs(path, images)
         elif path.name == "Flickr8k.token.txt":

@@ -37,12 +37,18 @@ def _java_stderr_captured():
             os.close(saved)
 
 
+def require_java() -> None:
+    """Refuse, saying what to install, where Java is missing: the PTB tokenizer and METEOR run on it.
+    Training and evaluation call it before any work, so a run never fails after its first epoch."""
+    if shutil.which("java") is None:
+        raise CaptionerError("the coco-caption scorer needs Java, and 'java' is not on PATH; install a JRE (e.g. apt-get install default-jre-headless) and run again")
+
+
 def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str], metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
     """Corpus-level scores of one hypothesis per image against its reference captions."""
     if set(references) != set(hypotheses):
         raise ValueError("references and hypotheses must cover the same images")
-    if shutil.which("java") is None:
-        raise CaptionerError("the coco-caption scorer needs Java; install a JRE (e.g. apt-get install default-jre-headless)")
+    require_java()
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -117,7 +123,7 @@ def tag_precision_recall(tags: dict[str, list[str]], references: dict[str, list[
 def evaluate_model(
     model: str | None, dataset_path: str, images: str | None = None, split: str | None = None, beam_sizes: list[int] = (3,),
     output: str | None = None, cache: str = "cache", force: bool = False, limit: int = 0, save_metrics: bool = False, progress: bool = True,
-    length_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
+    length_penalty: float | None = None, no_repeat_ngram_size: int | None = None, device: str | None = None,
 ) -> dict:
     """Caption a dataset split from cached features and score it; writes report.json and captions.json.
 
@@ -125,16 +131,15 @@ def evaluate_model(
     """
     from pathlib import Path
 
-    import torch
-
     from .api import Captioner
     from .chair import chair, ground_truth
     from .checkpoint import METRICS as METRICS_FILE, atomic_write_json
     from .datasets import load_dataset
-    from .features import feature_cache
+    from .features import feature_cache, records_with_features
     from .training import decode_split
 
-    captioner = Captioner.load(model) if model else Captioner.from_pretrained()
+    require_java()  # before any work: scoring is the last step
+    captioner = Captioner.load(model, device) if model else Captioner.from_pretrained(device=device)
     if length_penalty is not None:
         captioner.length_penalty = length_penalty
     if no_repeat_ngram_size is not None:
@@ -151,8 +156,13 @@ def evaluate_model(
     out = Path(output) if output else Path("runs") / "eval" / f"{captioner.name}-{dataset.name}-{split}"
     if out.exists() and any(out.iterdir()) and not force:
         raise CaptionerError(f"{out} already exists; pass --force to overwrite it or --output for another folder")
+    cache_store = feature_cache(dataset, captioner.config["encoder"], cache, [record.image for record in records], encoder=captioner.encoder, progress=progress, device=captioner.device)
+    records, unreadable = records_with_features(records, cache_store)
+    if unreadable:
+        print(f"captioner: unreadable photos left out: {len(unreadable)} (listed in {cache_store.folder / 'unreadable.txt'})", file=sys.stderr)
+        if not records:
+            raise CaptionerError(f"{dataset_path}: no photo of the {split} split could be read; see {cache_store.folder / 'unreadable.txt'}")
     keys = [record.image for record in records]
-    cache_store = feature_cache(dataset, captioner.config["encoder"], cache, keys, encoder=captioner.encoder, progress=progress)
     references = {record.image: record.captions for record in records}
     true_objects = ground_truth(records)  # labelled objects + those the references name, for CHAIR
     results, captions = {}, {key: {"references": references[key]} for key in keys}
@@ -162,7 +172,7 @@ def evaluate_model(
         captions[key]["tags"] = [[tag.word, tag.score] for tag in image_tags]
     for beam_size in beam_sizes:
         started = time.time()
-        tokens = decode_split(captioner.decoder, cache_store, keys, torch.device("cpu"), beam_size, captioner.decoding_options(), concepts=concepts, banned=banned, bias=bias)
+        tokens = decode_split(captioner.decoder, cache_store, keys, captioner.device, beam_size, captioner.decoding_options(), concepts=concepts, banned=banned, bias=bias)
         hypotheses = {key: captioner.vocabulary.decode(ids) for key, ids in zip(keys, tokens)}
         label = "greedy" if beam_size == 1 else f"beam {beam_size}"
         results[label] = {name: round(value, 4) for name, value in score_captions(references, hypotheses).items()}
@@ -174,7 +184,7 @@ def evaluate_model(
             captions[key][label] = hypotheses[key]
             captions[key].setdefault("hallucinated", {})[label] = hallucination.per_image[key].hallucinated
     report = {
-        "model": captioner.name, "dataset": dataset.name, "split": split, "split_chosen_by": split_chosen_by, "images": len(keys),
+        "model": captioner.name, "dataset": dataset.name, "split": split, "split_chosen_by": split_chosen_by, "images": len(keys), "unreadable_left_out": len(unreadable),
         "chair_ground_truth": "object labels + reference captions" if any(record.objects for record in records) else "reference captions only",
         "decoding": {"length_penalty": captioner.length_penalty, "no_repeat_ngram_size": captioner.no_repeat_ngram_size},
         "results": results, "tags": {"threshold": captioner.tag_threshold, **tag_scores}, "distinct_words": {label: len({w for key in keys for w in captions[key][label].split()}) for label in results},

@@ -1,28 +1,69 @@
 """A feature cache: the frozen encoder runs once per image, decoders train on the stored features.
 
-Layout of a cache folder (one per encoder and dataset):
-    index.json       encoder name, grid shape, and the image keys in row order
+A cache folder holds one dataset's images as one encoder with one preprocessing made them; its
+name says which (`DATASET-ENCODER-IMAGES-PRODUCER[-flip]`, the last two parts digests), so a
+cache made by another encoder, preprocessing, cache format or flip setting is never reused: a new
+one is built beside it, and the old folder is reported, never deleted.
+
+    index.json       what made it (format version, encoder, preprocessing, flip), the grid shape,
+                     and the image keys in row order
     grid.f16         float16 memmap (N, G, C): the spatial grid per image
     pooled.f16       float16 memmap (N, C): the mean-pooled vector per image
-    done.u8          one byte per row, set once that row is written: an interrupted run resumes
-With `flip=True` rows hold features of the mirrored photo (a cheap training augmentation).
+    done.u8          one byte per row: 0 to do, 1 written, 2 the photo could not be read (skipped;
+                     a resumed run does not try it again, `retry_unreadable` does)
+    unreadable.txt   the photos that could not be read, `image<TAB>why` a line
+
+With `flip=True` rows hold features of the mirrored photo (a training augmentation), and only the
+train split's images have rows.
+
+Photos are decoded beside the encoder: on the CPU one thread decodes the next batch while ONNX
+Runtime encodes this one (DataLoader worker processes measured 0.54-0.78x as fast on 2 cores, where
+the encoder, not decoding, sets the pace; `workers` asks for them); on a GPU the PyTorch encoder runs
+there, fed by a DataLoader whose worker processes decode into pinned memory.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
+from .checkpoint import atomic_write_bytes
 from .datasets import CaptionDataset
-from .encoders import ImageEncoder, create_encoder
+from .devices import resolve_device
+from .encoders import ImageEncoder, PreprocessConfig, create_encoder, preprocess
 from .errors import CaptionerError, ImageError
 from .images import load_image
+
+FORMAT_VERSION = 2  # 2: keyed by producer, flip rows for the train split only, unreadable photos marked
+TO_DO, WRITTEN, UNREADABLE = 0, 1, 2  # done.u8 values
+UNREADABLE_LIST = "unreadable.txt"
+CPU_BATCH, GPU_BATCH = 4, 64  # photos per encoder call (the CPU encoder keeps its activations in cache at 4)
+MAX_GPU_WORKERS = 8
+
+
+def producer(encoder_name: str, preprocess_config: PreprocessConfig, flip: bool) -> dict:
+    """What a cache's features depend on: equal producers give equal features."""
+    return {"format": FORMAT_VERSION, "encoder": encoder_name, "preprocess": preprocess_config.to_dict(), "flip": flip}
+
+
+def _digest(text: str, length: int) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:length]
+
+
+def cache_folder(cache_root: str | Path, dataset_name: str, keys: list[str], made_by: dict) -> Path:
+    """The folder of the cache of `keys` made by `made_by` (see `producer`)."""
+    images = _digest("\n".join(keys), 10)
+    made = _digest(json.dumps(made_by, sort_keys=True), 8)
+    return Path(cache_root) / f"{dataset_name}-{made_by['encoder']}-{images}-{made}{'-flip' if made_by['flip'] else ''}"
 
 
 class FeatureCache:
@@ -34,6 +75,9 @@ class FeatureCache:
         if not index_file.is_file():
             raise CaptionerError(f"{self.folder}: no feature cache here; run 'captioner features' first")
         self.index = json.loads(index_file.read_text())
+        if self.index.get("format") != FORMAT_VERSION:
+            raise CaptionerError(f"{self.folder}: a feature cache of format {self.index.get('format', 1)}, not {FORMAT_VERSION}; "
+                                 "run 'captioner features' (or train) to build a current one beside it")
         self.keys: list[str] = self.index["keys"]
         self.row_of = {key: row for row, key in enumerate(self.keys)}
         count, grid_size, dim = len(self.keys), self.index["grid_size"], self.index["feature_dim"]
@@ -46,8 +90,26 @@ class FeatureCache:
         return self.index["encoder"]
 
     @property
+    def producer(self) -> dict:
+        return {key: self.index[key] for key in ("format", "encoder", "preprocess", "flip")}
+
+    @property
     def complete(self) -> bool:
+        """Every row written or found unreadable."""
         return bool(self.done.all())
+
+    @property
+    def unreadable(self) -> list[str]:
+        """The images whose photo could not be read (they have no features)."""
+        return [self.keys[row] for row in np.flatnonzero(self.done == UNREADABLE)]
+
+    def unreadable_reasons(self) -> dict[str, str]:
+        """Image -> why its photo could not be read, as `unreadable.txt` records it."""
+        return _read_reasons(self.folder)
+
+    def has_features(self, keys: list[str]) -> list[bool]:
+        """Whether each image's features are written (False for unreadable photos and rows still to do)."""
+        return [self.row_of.get(key) is not None and self.done[self.row_of[key]] == WRITTEN for key in keys]
 
     def rows(self, keys: list[str]) -> np.ndarray:
         missing = [key for key in keys if key not in self.row_of]
@@ -58,7 +120,9 @@ class FeatureCache:
     def load(self, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Read features into memory: grid (N, G, C) and pooled (N, C), float16."""
         rows = self.rows(keys)
-        not_done = rows[self.done[rows] == 0]
+        if (self.done[rows] == UNREADABLE).any():
+            raise CaptionerError(f"{self.folder}: photos among these that could not be read: {int((self.done[rows] == UNREADABLE).sum())}; leave them out (see {UNREADABLE_LIST})")
+        not_done = rows[self.done[rows] == TO_DO]
         if len(not_done):
             raise CaptionerError(f"{self.folder}: {len(not_done)} images have no features yet; rerun 'captioner features' to finish")
         return torch.from_numpy(np.ascontiguousarray(self.grid[rows])), torch.from_numpy(np.ascontiguousarray(self.pooled[rows]))
@@ -70,82 +134,265 @@ class FeatureCache:
         encoder: ImageEncoder,
         keys: list[str],
         paths: list[Path],
-        batch_size: int = 4,
+        batch_size: int | None = None,
         flip: bool = False,
         progress: bool = True,
         rows: list[int] | None = None,
+        workers: int | None = None,
+        retry_unreadable: bool = False,
+        log: Callable[[str], None] | None = None,
     ) -> "FeatureCache":
-        """Encode every image (or only `rows`) not yet done, resuming an interrupted run."""
+        """Encode every image (or only `rows`) not yet done, resuming an interrupted run, on the
+        encoder's device. A photo that cannot be read is skipped, logged and marked (see the module
+        docstring); `retry_unreadable` tries such photos again. `workers`: processes decoding
+        photos (0: one thread; default 0 on the CPU, up to 8 on a GPU)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        index_file = folder / "index.json"
-        index = {"encoder": encoder.name, "grid_size": encoder.grid_size**2, "feature_dim": encoder.feature_dim, "flip": flip, "keys": keys}
-        count, grid_size, dim = len(keys), index["grid_size"], index["feature_dim"]
-        if index_file.is_file():
-            existing = json.loads(index_file.read_text())
-            if existing != index:
-                raise CaptionerError(f"{folder}: holds a feature cache for other images or another encoder; choose another --cache folder")
-        else:
-            for name, shape in (("grid.f16", (count, grid_size, dim)), ("pooled.f16", (count, dim))):
-                np.memmap(folder / name, dtype=np.float16, mode="w+", shape=shape).flush()
-            np.zeros(count, dtype=np.uint8).tofile(folder / "done.u8")
-            tmp = index_file.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(index))
-            os.replace(tmp, index_file)
-        grid = np.memmap(folder / "grid.f16", dtype=np.float16, mode="r+", shape=(count, grid_size, dim))
-        pooled = np.memmap(folder / "pooled.f16", dtype=np.float16, mode="r+", shape=(count, dim))
-        done = np.memmap(folder / "done.u8", dtype=np.uint8, mode="r+", shape=(count,))
-        wanted = np.zeros(count, dtype=bool)
+        log = log or _to_stderr
+        device = encoder_device(encoder)
+        index = {**producer(encoder.name, encoder.preprocess_config, flip), "grid_size": encoder.grid_size**2, "feature_dim": encoder.feature_dim, "keys": keys}
+        grid, pooled, done = _arrays_for_writing(folder, index)
+        wanted = np.zeros(len(keys), dtype=bool)
         wanted[rows if rows is not None else slice(None)] = True
-        todo = np.flatnonzero((done == 0) & wanted)
+        reasons = _read_reasons(folder)
+        if retry_unreadable:
+            done[wanted & (done == UNREADABLE)] = TO_DO
+        todo = np.flatnonzero((done == TO_DO) & wanted)
         total = int(wanted.sum())
 
-        def prepare(row: int) -> torch.Tensor:
-            image = load_image(paths[row])
-            if flip:
-                image = image.transpose(0)  # PIL.Image.FLIP_LEFT_RIGHT
-            return encoder.preprocess(image)
+        if workers is None:
+            workers = 0 if device.type == "cpu" else min(MAX_GPU_WORKERS, max(1, _cores() - 1))
+        batch_size = batch_size or (CPU_BATCH if device.type == "cpu" else GPU_BATCH)
+        if workers > 0:
+            batches = _loader_batches(paths, todo, batch_size, encoder.preprocess_config, flip, workers, pin=device.type == "cuda")
+        else:
+            batches = _threaded_batches(paths, todo, batch_size, encoder.preprocess_config, flip)
 
-        batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+        def save() -> None:
+            for array in (grid, pooled, done):
+                array.flush()
+            _write_reasons(folder, {keys[row]: reasons.get(keys[row], "could not be read") for row in np.flatnonzero(np.asarray(done) == UNREADABLE)})
+
         bar = tqdm(total=total, initial=total - len(todo), unit="img", desc=f"features {encoder.name}", disable=not progress)
-        # Decoding the next batch overlaps with encoding this one.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(lambda b: torch.stack([prepare(int(r)) for r in b]), batches[0]) if batches else None
-            for number, batch in enumerate(batches):
-                try:
-                    images = pending.result()
-                except ImageError as error:
-                    raise CaptionerError(f"cannot build the feature cache: {error}") from None
-                if number + 1 < len(batches):
-                    pending = pool.submit(lambda b: torch.stack([prepare(int(r)) for r in b]), batches[number + 1])
-                batch_grid, batch_pooled = encoder(images)  # (B, G, C), (B, C)
-                grid[batch] = batch_grid.to(torch.float16).numpy()
-                pooled[batch] = batch_pooled.to(torch.float16).numpy()
-                done[batch] = 1
-                if number % 50 == 0:
-                    for array in (grid, pooled, done):
-                        array.flush()
-                bar.update(len(batch))
-        for array in (grid, pooled, done):
-            array.flush()
-        bar.close()
+        skipped = 0
+        try:
+            for number, (batch, pixels, failures) in enumerate(batches):
+                for row, why in failures:
+                    done[row], reasons[keys[row]] = UNREADABLE, why
+                    skipped += 1
+                    log(f"skipped unreadable photo {keys[row]}: {why}")
+                if len(batch):
+                    batch_grid, batch_pooled = encoder(pixels.to(device, non_blocking=True))  # (B, G, C), (B, C)
+                    grid[batch] = batch_grid.to(torch.float16).cpu().numpy()
+                    pooled[batch] = batch_pooled.to(torch.float16).cpu().numpy()
+                    done[batch] = WRITTEN
+                if number % 50 == 0 or failures:
+                    save()
+                bar.update(len(batch) + len(failures))
+        finally:
+            save()
+            bar.close()
+        if skipped:
+            log(f"unreadable photos skipped: {skipped} (listed in {folder / UNREADABLE_LIST})")
         return cls(folder)
 
 
-def feature_cache(dataset: CaptionDataset, encoder_name: str, cache_root: str | Path, images: list[str], flip: bool = False, encoder=None, progress: bool = True) -> FeatureCache:
-    """The dataset's feature cache for one encoder (one folder per dataset), filled for `images`."""
-    keys = [record.image for record in dataset.records]
-    digest = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:10]
-    folder = Path(cache_root) / f"{dataset.name}-{encoder_name}-{digest}{'-flip' if flip else ''}"
+def _arrays_for_writing(folder: Path, index: dict) -> tuple[np.memmap, np.memmap, np.memmap]:
+    """The grid, pooled and done arrays of a cache folder, created (index last) where there is none yet."""
+    count, grid_size, dim = len(index["keys"]), index["grid_size"], index["feature_dim"]
+    index_file = folder / "index.json"
+    if index_file.is_file():
+        if json.loads(index_file.read_text()) != index:
+            raise CaptionerError(f"{folder}: holds a feature cache for other images or made by another encoder, preprocessing or format; choose another --cache folder")
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, shape in (("grid.f16", (count, grid_size, dim)), ("pooled.f16", (count, dim))):
+            np.memmap(folder / name, dtype=np.float16, mode="w+", shape=shape).flush()
+        np.zeros(count, dtype=np.uint8).tofile(folder / "done.u8")
+        atomic_write_bytes(index_file, json.dumps(index).encode("utf-8"))  # last: a folder with an index is a whole cache
+    return (
+        np.memmap(folder / "grid.f16", dtype=np.float16, mode="r+", shape=(count, grid_size, dim)),
+        np.memmap(folder / "pooled.f16", dtype=np.float16, mode="r+", shape=(count, dim)),
+        np.memmap(folder / "done.u8", dtype=np.uint8, mode="r+", shape=(count,)),
+    )
+
+
+def feature_cache(
+    dataset: CaptionDataset, encoder_name: str, cache_root: str | Path, images: list[str], flip: bool = False, encoder: ImageEncoder | None = None,
+    progress: bool = True, device: str | torch.device | None = None, workers: int | None = None, retry_unreadable: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> FeatureCache:
+    """The dataset's feature cache for one encoder, filled for `images` (with `flip`, mirrored
+    photos of the train split only). `device`: where the encoder runs (auto: a CUDA GPU when
+    present); `encoder` is used when it already runs there, else one is made for that device.
+    Unreadable photos are skipped: `FeatureCache.has_features` tells which images have features."""
+    log = log or _to_stderr
+    device = resolve_device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    records = dataset.split("train") if flip else dataset.records
+    keys = [record.image for record in records]
     wanted = set(images)
+    if flip and not wanted <= set(keys):
+        raise ValueError("mirrored features are cached for the train split only")
     rows = [row for row, key in enumerate(keys) if key in wanted]
+    if encoder is not None and encoder.name != encoder_name:
+        raise ValueError(f"the encoder given is {encoder.name}, not {encoder_name}")
+    reference = encoder if encoder is not None else create_encoder(encoder_name, onnxruntime=False)  # cheap: no ONNX export until there is work
+    made_by = producer(encoder_name, reference.preprocess_config, flip)
+    folder = cache_folder(cache_root, dataset.name, keys, made_by)
     if (folder / "index.json").is_file():
         cache = FeatureCache(folder)
-        if cache.done[rows].all():
+        if cache.done[rows].all() and not (retry_unreadable and (cache.done[rows] == UNREADABLE).any()):
             return cache
-    encoder = encoder or create_encoder(encoder_name)
-    paths = [dataset.image_path(record) for record in dataset.records]
+    else:
+        for other in stale_caches(cache_root, dataset.name, encoder_name, keys, made_by):
+            log(f"feature cache {other} was made {_difference(_read_index(other), made_by)}; not reused: building {folder.name} beside it (delete {other} to free its space)")
+    paths = [dataset.image_path(record) for record in records]
     missing = [str(paths[row]) for row in rows[:50] if not paths[row].is_file()]
     if missing:
         raise CaptionerError(f"image {missing[0]} not found; pass the folder holding the photos with --images")
-    return FeatureCache.build(folder, encoder, keys, paths, flip=flip, rows=rows, progress=progress)
+    runner = _encoder_for(device, encoder_name, encoder, reference)
+    return FeatureCache.build(folder, runner, keys, paths, flip=flip, rows=rows, progress=progress, workers=workers, retry_unreadable=retry_unreadable, log=log)
+
+
+def records_with_features(records: list, *caches: FeatureCache) -> tuple[list, list]:
+    """`records` split into those whose features every cache holds and those left out (their photo
+    could not be read, or has not been cached)."""
+    kept, left_out = [], []
+    present = [cache.has_features([record.image for record in records]) for cache in caches]
+    for record, *flags in zip(records, *present):
+        (kept if all(flags) else left_out).append(record)
+    return kept, left_out
+
+
+def stale_caches(cache_root: str | Path, dataset_name: str, encoder_name: str, keys: list[str], made_by: dict) -> list[Path]:
+    """Caches of the same dataset, encoder and flip setting holding `keys`, made otherwise
+    (another preprocessing or cache format): found so they can be named, never reused or deleted."""
+    found = []
+    for folder in sorted(Path(cache_root).glob(f"{dataset_name}-{encoder_name}-*")):
+        index = _read_index(folder)
+        if index is None or bool(index.get("flip")) != made_by["flip"] or {key: index.get(key) for key in made_by} == made_by:
+            continue
+        if set(keys) <= set(index.get("keys", ())):
+            found.append(folder)
+    return found
+
+
+def _read_index(folder: Path) -> dict | None:
+    """A cache folder's index.json, or None where there is none (or it is not JSON)."""
+    try:
+        return json.loads((folder / "index.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _difference(index: dict, made_by: dict) -> str:
+    """How an existing cache's producer differs from the one wanted, in words."""
+    if index.get("format", 1) != made_by["format"]:
+        return f"by cache format {index.get('format', 1)} (now {made_by['format']})"
+    if index.get("preprocess") != made_by["preprocess"]:
+        return f"with other preprocessing ({index.get('preprocess')}; now {made_by['preprocess']})"
+    return "otherwise"
+
+
+def encoder_device(encoder: ImageEncoder) -> torch.device:
+    """Where an encoder's weights are (the CPU for one without PyTorch weights)."""
+    parameter = next(encoder.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _encoder_for(device: torch.device, name: str, given: ImageEncoder | None, reference: ImageEncoder) -> ImageEncoder:
+    """The encoder that caches features on `device`: the one given when it runs there; else on the
+    CPU the ONNX Runtime encoder, on a GPU the PyTorch encoder moved there."""
+    from .onnx_encoder import with_onnxruntime
+
+    if given is not None and encoder_device(given) == device and (device.type == "cpu" or given.backbone is not None):
+        return given
+    if device.type == "cpu":
+        return with_onnxruntime(reference) if given is None else create_encoder(name)
+    pytorch = reference if given is None else create_encoder(name, onnxruntime=False)
+    return pytorch.to(device)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _to_stderr(message: str) -> None:
+    tqdm.write(f"captioner: {message}", file=sys.stderr)  # above a progress bar, not through it
+
+
+def _read_reasons(folder: Path) -> dict[str, str]:
+    try:
+        lines = (folder / UNREADABLE_LIST).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return {}
+    return dict(line.split("\t", 1) for line in lines if "\t" in line)
+
+
+def _write_reasons(folder: Path, reasons: dict[str, str]) -> None:
+    if reasons or (folder / UNREADABLE_LIST).exists():
+        text = "".join(f"{key}\t{' '.join(why.split())}\n" for key, why in reasons.items())
+        atomic_write_bytes(folder / UNREADABLE_LIST, text.encode("utf-8"))
+
+
+# Decoding photos: batches of (rows (B,), pixels (B, 3, S, S), [(row, why unreadable)]).
+DecodedBatch = tuple[np.ndarray, torch.Tensor, list[tuple[int, str]]]
+
+
+def _pixels(path: Path, config: PreprocessConfig, flip: bool) -> torch.Tensor:
+    """A photo file -> the encoder's input (3, S, S), mirrored with `flip`."""
+    image = load_image(path)
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return preprocess(image, config)
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> DecodedBatch:
+    decoded = [(row, pixels) for row, pixels, _ in items if pixels is not None]
+    rows = np.array([row for row, _ in decoded], dtype=np.int64)
+    pixels = torch.stack([pixels for _, pixels in decoded]) if decoded else torch.empty(0)
+    return rows, pixels, [(row, why) for row, pixels, why in items if pixels is None]
+
+
+class PhotoRows(torch.utils.data.Dataset):
+    """The photos of some cache rows, decoded and preprocessed (in DataLoader worker processes)."""
+
+    def __init__(self, paths: list[Path], rows: np.ndarray, config: PreprocessConfig, flip: bool):
+        self.paths, self.rows, self.config, self.flip = paths, rows, config, flip
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+        row = int(self.rows[index])
+        try:
+            return row, _pixels(self.paths[row], self.config, self.flip), ""
+        except ImageError as error:
+            return row, None, str(error)
+
+
+def _loader_batches(paths, todo: np.ndarray, batch_size: int, config: PreprocessConfig, flip: bool, workers: int, pin: bool) -> Iterator[DecodedBatch]:
+    """Batches decoded by `workers` processes (none: in this process), pinned for a fast copy to the GPU."""
+    loader = torch.utils.data.DataLoader(
+        PhotoRows(paths, todo, config, flip), batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=_collate, pin_memory=pin, prefetch_factor=4 if workers else None,
+    )
+    yield from loader
+
+
+def _threaded_batches(paths, todo: np.ndarray, batch_size: int, config: PreprocessConfig, flip: bool) -> Iterator[DecodedBatch]:
+    """Batches decoded by one thread, the next while the caller encodes this one."""
+    dataset = PhotoRows(paths, todo, config, flip)
+    starts = range(0, len(todo), batch_size)
+
+    def decode(start: int) -> DecodedBatch:
+        return _collate([dataset[index] for index in range(start, min(start + batch_size, len(todo)))])
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(decode, starts[0]) if starts else None
+        for number in range(len(starts)):
+            batch = pending.result()
+            if number + 1 < len(starts):
+                pending = pool.submit(decode, starts[number + 1])
+            yield batch

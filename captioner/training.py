@@ -1,5 +1,6 @@
 """Training a decoder on cached features: AdamW, warm-up + cosine decay, label smoothing,
-gradient clipping, early stopping on dev CIDEr, atomic checkpoints and `--resume`.
+gradient clipping, early stopping on dev CIDEr, atomic checkpoints and `--resume`; mixed
+precision on a GPU, and data-parallel under `torchrun` (see `captioner.distributed`).
 
 The trainer only needs a decoder with `forward(features, tokens)`; it never runs the CNN
 (features come from the `FeatureCache`).
@@ -16,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .caption_text import flickr30k_id, read_caption_text
@@ -27,10 +29,13 @@ from .concepts import ConceptTable, concept_word_ids, imagenet_head, to_concepts
 from .datasets import CaptionDataset, load_dataset
 from .decoders import DecoderConfig, Features, caption_loss, create_decoder
 from .decoding import DecodingOptions, beam_search, greedy, sample
+from .devices import autocast as precision_context
+from .devices import mixed_precision_dtype, resolve_device
+from .distributed import ProcessGroup, join, share_weight
 from .encoders import ENCODERS, create_encoder
 from .errors import CaptionerError
-from .evaluation import score_captions
-from .features import FeatureCache, feature_cache
+from .evaluation import require_java, score_captions
+from .features import FeatureCache, feature_cache, records_with_features
 from .run_folder import PendingRun, check_output_folder
 from .vocabulary import Vocabulary, tokenize
 
@@ -58,7 +63,7 @@ class TrainingConfig:
     flip_augment: bool = True
     limit: int = 0  # images per split; 0 = all
     seed: int = 0
-    bf16: bool = True
+    mixed_precision: bool = True  # bfloat16 autocast (CPU, and GPUs that have it), else float16 with a gradient scaler
     dev_beam_size: int = 1  # beam for the per-epoch dev score (1 = greedy, fastest)
     init_from: str = ""  # a model folder to start from (its vocabulary and decoder shape are kept)
     self_critical: bool = False  # train on CIDEr-D rewards of sampled captions instead of cross-entropy
@@ -80,6 +85,8 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingConfig":
         """A checked config: every setting's type and range, before any work or any write."""
+        if isinstance(data, dict) and "bf16" in data:  # the name before mixed precision meant more than bfloat16
+            data = {**{key: value for key, value in data.items() if key != "bf16"}, "mixed_precision": data.get("mixed_precision", data["bf16"])}
         data = check_fields(cls, data, TRAINING_LIMITS, "training config", nested=("decoder",))
         decoder = data.get("decoder", {})
         if not isinstance(decoder, dict):
@@ -106,16 +113,17 @@ TRAINING_LIMITS = {
 }
 
 
-def resolve_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def batch_features(cache: FeatureCache, rows: np.ndarray, device: torch.device) -> Features:
-    order = np.argsort(rows)  # memmap reads are fastest in file order
-    grid = np.empty((len(rows), *cache.grid.shape[1:]), dtype=np.float16)
-    pooled = np.empty((len(rows), cache.pooled.shape[1]), dtype=np.float16)
-    grid[order] = cache.grid[rows[order]]
-    pooled[order] = cache.pooled[rows[order]]
+def batch_features(cache: FeatureCache, rows: np.ndarray, device: torch.device, flip_cache: FeatureCache | None = None, flip_rows: np.ndarray | None = None) -> Features:
+    """Features of `cache` rows (B,) on `device`. Where `flip_rows` (B,) is >= 0, that row of
+    `flip_cache` (the mirrored photo) is read instead: each row is read from the one copy it uses."""
+    grid = np.empty((len(rows), *cache.grid.shape[1:]), dtype=np.float16)  # (B, G, C)
+    pooled = np.empty((len(rows), cache.pooled.shape[1]), dtype=np.float16)  # (B, C)
+    mirrored = flip_rows >= 0 if flip_rows is not None else np.zeros(len(rows), dtype=bool)
+    for source, source_rows, positions in ((cache, rows, np.flatnonzero(~mirrored)), (flip_cache, flip_rows, np.flatnonzero(mirrored))):
+        if len(positions):
+            positions = positions[np.argsort(source_rows[positions])]  # memmap reads are fastest in file order
+            grid[positions] = source.grid[source_rows[positions]]
+            pooled[positions] = source.pooled[source_rows[positions]]
     return Features(torch.from_numpy(grid).to(device).float(), torch.from_numpy(pooled).to(device).float())
 
 
@@ -181,9 +189,10 @@ def decode_split(
     return results
 
 
-def self_critical_loss(decoder, features: Features, keys: list[str], reward: CiderD, vocabulary: Vocabulary, samples_per_image: int, max_length: int, autocast) -> tuple[torch.Tensor, float]:
+def self_critical_loss(decoder, features: Features, keys: list[str], reward: CiderD, vocabulary: Vocabulary, samples_per_image: int, max_length: int, autocast, model: torch.nn.Module | None = None) -> tuple[torch.Tensor, float]:
     """Self-critical sequence training (Rennie et al. 2017) with the mean of the other samples as
-    baseline: raise the log-probability of sampled captions that beat their siblings' CIDEr-D."""
+    baseline: raise the log-probability of sampled captions that beat their siblings' CIDEr-D.
+    `model` runs the teacher-forced pass (under torchrun the DDP wrapper of `decoder`)."""
     if samples_per_image < 2:  # one sample has no siblings to be the baseline (0/0 would train on NaN)
         raise ValueError(f"self-critical training needs samples_per_image >= 2, got {samples_per_image}")
     options = DecodingOptions(max_length=max_length, no_repeat_ngram_size=0)
@@ -196,7 +205,7 @@ def self_critical_loss(decoder, features: Features, keys: list[str], reward: Cid
     inputs, targets = inputs.to(features.pooled.device), targets.to(features.pooled.device)
     repeated = Features(features.grid.repeat_interleave(samples_per_image, dim=0), features.pooled.repeat_interleave(samples_per_image, dim=0))
     with autocast:
-        logits = decoder(repeated, inputs)  # (B*K, T, V)
+        logits = (model or decoder)(repeated, inputs)  # (B*K, T, V)
     token_log_probs = torch.log_softmax(logits.float(), dim=-1).gather(2, targets[..., None]).squeeze(2)  # (B*K, T)
     sequence_log_probs = (token_log_probs * (targets != vocabulary.pad_id)).sum(dim=1)
     return -(advantage * sequence_log_probs).mean(), rewards.mean().item()
@@ -252,15 +261,28 @@ def plot_history(history: list[dict], path: Path) -> None:
     temporary.replace(path)
 
 
-def _save_training_state(folder: Path, optimizer: torch.optim.Optimizer, progress: dict) -> None:
+def random_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's torch random state: the CPU generator's, and the GPU's when it trains on one."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _save_training_state(folder: Path, optimizer: torch.optim.Optimizer, progress: dict, random_states: list[dict[str, torch.Tensor]]) -> None:
+    """Optimizer moments and every process's random state (`rng.torch`, `rng.cuda` for rank 0,
+    `rng.torch.rank1`... for the others) in safetensors; progress and settings in JSON."""
     state = optimizer.state_dict()
     tensors = {f"optimizer.{index}.{name}": value for index, entries in state["state"].items() for name, value in entries.items() if torch.is_tensor(value)}
-    tensors["rng.torch"] = torch.get_rng_state()
+    for rank, states in enumerate(random_states):
+        tensors.update({f"rng.{name}{f'.rank{rank}' if rank else ''}": value for name, value in states.items()})
     atomic_save_tensors(folder / "optimizer.safetensors", tensors)
     atomic_write_json(folder / "training_state.json", {**progress, "param_groups": state["param_groups"]})
 
 
-def _load_training_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict:
+def _load_training_state(folder: Path, optimizer: torch.optim.Optimizer, device: torch.device, rank: int = 0, seed: int = 0) -> dict:
+    """Restore the optimizer and this process's random state; return the saved progress. A rank
+    the run did not have before (more processes now) gets a fresh seed."""
     from safetensors.torch import load_file
 
     tensors = load_file(folder / "optimizer.safetensors")
@@ -269,16 +291,40 @@ def _load_training_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict
     for key, value in tensors.items():
         if key.startswith("optimizer."):
             _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
+            state.setdefault(int(index), {})[name] = value  # load_state_dict moves them to the parameters' device
     optimizer.load_state_dict({"state": state, "param_groups": progress.pop("param_groups")})
-    torch.set_rng_state(tensors["rng.torch"])
+    suffix = f".rank{rank}" if rank else ""
+    if f"rng.torch{suffix}" in tensors:
+        torch.set_rng_state(tensors[f"rng.torch{suffix}"])
+    else:
+        torch.manual_seed(seed + rank)
+    if device.type == "cuda" and f"rng.cuda{suffix}" in tensors:
+        torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"], device)
     return progress
 
 
-def train(config: TrainingConfig, resume: bool = False, force: bool = False, progress: bool = True, log=print) -> Path:
-    """Train a decoder; returns the folder of the best model (by dev CIDEr)."""
+def train(config: TrainingConfig, resume: bool = False, force: bool = False, progress: bool = True, log=print, device: str | torch.device | None = None) -> Path:
+    """Train a decoder; returns the folder of the best model (by dev CIDEr).
+
+    `device` is auto (a CUDA GPU when present), cpu, cuda or cuda:N. Under `torchrun` each process
+    trains on its share of every batch; rank 0 alone writes files, logs and shows progress.
+    """
+    group, device = join(resolve_device(device))  # a device that is not here is refused before any write
+    try:
+        return _check_and_train(config, resume, force, progress and group.is_main, log if group.is_main else _silent, group, device)
+    finally:
+        group.cleanup()
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of processes other than rank 0."""
+
+
+def _check_and_train(config: TrainingConfig, resume: bool, force: bool, progress: bool, log, group: ProcessGroup, device: torch.device) -> Path:
+    """`train` on every process: check every setting and input, then (rank 0) set the run folder up."""
     output = Path(config.output)
     check_output_folder(output, resume, force)
+    require_java()  # the dev score of every epoch needs it: refuse now, not after the first epoch
     dataset = load_dataset(config.dataset, config.images).limit(config.limit)  # validate before writing anything
     train_records, dev_records = dataset.split("train"), dataset.split("dev")
     if not train_records or not dev_records:
@@ -288,17 +334,23 @@ def train(config: TrainingConfig, resume: bool = False, force: bool = False, pro
         raise CaptionerError("caption_text needs a decoder with concept tokens; set decoder.max_concepts (e.g. 16)")
     if uses_concepts and (config.decoder.kind != "transformer" or config.self_critical):
         raise CaptionerError("concept tokens work with the transformer decoder and cross-entropy training only")
+    examples_per_step = max(1, config.batch_size // config.samples_per_image) if config.self_critical else config.batch_size
+    if examples_per_step < group.world_size:
+        raise CaptionerError(f"batch_size {config.batch_size} gives {examples_per_step} examples a step for {group.world_size} processes; raise batch_size (it is the global batch, shared out) or start fewer processes")
     text_files = [(read_caption_text(item["path"]), int(item.get("per_epoch", 0))) for item in config.caption_text]
-    initial = load_model(config.init_from, resolve_device()) if config.init_from else None
+    # A resumed run keeps its own vocabulary and decoder shape, whatever the data says now.
+    start_from = output / "last" if resume else config.init_from
+    initial = load_model(start_from, device) if start_from else None
     if initial is not None and initial[2]["encoder"] != config.encoder:
-        raise CaptionerError(f"{config.init_from} was trained on {initial[2]['encoder']} features, not {config.encoder}; set encoder to match")
+        raise CaptionerError(f"{start_from} was trained on {initial[2]['encoder']} features, not {config.encoder}; set encoder to match")
+    group.barrier()  # every process has checked everything before rank 0 writes
     pending = PendingRun(output)
-    if not resume:
+    if not resume and group.is_main:
         pending.start(replace=force)  # an earlier run is moved aside, not deleted, until this one has a checkpoint
     try:
-        return _train(config, CheckedInputs(dataset, train_records, dev_records, text_files, initial), resume, progress, log, pending)
+        return _train(config, CheckedInputs(dataset, train_records, dev_records, text_files, initial), resume, progress, log, pending, group, device)
     except BaseException:
-        if not resume:
+        if not resume and group.is_main:
             pending.abandon()
         raise
 
@@ -310,21 +362,21 @@ class CheckedInputs(NamedTuple):
     train_records: list
     dev_records: list
     text_files: list  # [(photos with captions, examples per epoch)]
-    initial: tuple | None  # (decoder, vocabulary, config) of `init_from`
+    initial: tuple | None  # (decoder, vocabulary, config) of the run's last checkpoint on --resume, else of `init_from`
 
 
-def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress: bool, log, pending: PendingRun) -> Path:
+def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress: bool, log, pending: PendingRun, group: ProcessGroup, device: torch.device) -> Path:
     """The training loop of `train`, once every setting and input has been checked."""
     dataset, train_records, dev_records, text_files, initial = inputs
     output = Path(config.output)
     uses_concepts = config.decoder.max_concepts > 0
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(output / "training_config.json", config.to_dict())
+    if group.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(output / "training_config.json", config.to_dict())
 
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    device = resolve_device()
     if initial is not None:
         initial, vocabulary, _ = initial
         decoder_config, max_length = initial.config, initial.config.max_length
@@ -338,8 +390,19 @@ def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress
     encoder = create_encoder(config.encoder)
     decoder_config.feature_dim, decoder_config.grid_size = encoder.feature_dim, encoder.grid_size**2
     train_keys = [record.image for record in train_records]
-    cache = feature_cache(dataset, config.encoder, config.cache, train_keys + [r.image for r in dev_records], encoder=encoder, progress=progress)
-    flip_cache = feature_cache(dataset, config.encoder, config.cache, train_keys, flip=True, encoder=encoder, progress=progress) if config.flip_augment else None
+    with group.main_first():  # rank 0 builds the caches; the others then open them
+        cache = feature_cache(dataset, config.encoder, config.cache, train_keys + [r.image for r in dev_records], encoder=encoder, progress=progress, device=device, log=log)
+        flip_cache = feature_cache(dataset, config.encoder, config.cache, train_keys, flip=True, encoder=encoder, progress=progress, device=device, log=log) if config.flip_augment else None
+    train_records, unreadable_train = records_with_features(train_records, cache, *([flip_cache] if flip_cache is not None else []))
+    dev_records, unreadable_dev = records_with_features(dev_records, cache)
+    if unreadable_train or unreadable_dev:
+        log(f"unreadable photos left out: {len(unreadable_train)} train, {len(unreadable_dev)} dev (listed in {cache.folder / 'unreadable.txt'})")
+        if not train_records or not dev_records:
+            raise CaptionerError(f"{config.dataset}: no readable photos left in the {'train' if not train_records else 'dev'} split; see {cache.folder / 'unreadable.txt'}")
+    train_keys = [record.image for record in train_records]
+    flip_row_of = np.full(len(cache.keys), -1, dtype=np.int64)  # a cache row -> the row of its mirrored photo in flip_cache
+    if flip_cache is not None:
+        flip_row_of[cache.rows(train_keys)] = flip_cache.rows(train_keys)
     preprocess = encoder.preprocess_config.to_dict()
     head = imagenet_head(encoder) if uses_concepts else None
     del encoder
@@ -360,13 +423,19 @@ def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress
 
     concept_setup, dev_concepts, text_examples = None, None, None
     if uses_concepts:
-        concept_setup = _fit_concepts(config, cache, flip_cache, train_keys, dev_keys, train_captions, head, decoder_config, log)
+        with group.main_first():  # rank 0 fits the word detectors and stores them beside the cache; the others load them
+            concept_setup = _fit_concepts(config, cache, flip_cache, train_keys, dev_keys, train_captions, head, decoder_config, log)
         word_ids, concept_sources = concept_word_ids(concept_setup.detector.words, vocabulary), concept_setup.detector.sources
         dev_concepts = to_concepts(concept_setup.dev_concepts, word_ids, concept_sources, decoder_config.max_concepts)
         text_examples = TextExamples(text_files, vocabulary, ConceptMatcher(concept_setup.detector.words), max_length)
-        atomic_write_json(output / "concepts_report.json", concept_setup.report)
+        if group.is_main:
+            atomic_write_json(output / "concepts_report.json", concept_setup.report)
 
     decoder = initial if initial is not None else create_decoder(decoder_config).to(device)
+    model = decoder  # what the training step runs: under torchrun the DDP wrapper that averages gradients
+    if group.is_distributed:
+        model = DistributedDataParallel(decoder, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(config.seed + group.rank)  # rank 0 draws as one process would; the others draw other dropout masks
     optimizer = make_optimizer(decoder, config)
     if config.self_critical:
         reward = CiderD({record.image: [tokenize(c) for c in record.captions] for record in train_records})
@@ -395,7 +464,9 @@ def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress
         "training": {"dataset": dataset.name, "images": len(train_records), "captions": len(samples)},
     }
     log(f"{len(train_records)} train images, {len(samples)} captions, {len(dev_records)} dev images; vocabulary {len(vocabulary)} words; max length {max_length}")
-    log(f"decoder {decoder_config.kind}: {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f} M parameters; device {device}")
+    precision = mixed_precision_dtype(device) if config.mixed_precision else None
+    processes = f"; {group.world_size} processes, about {config.batch_size / group.world_size:g} examples each a step" if group.is_distributed else ""
+    log(f"decoder {decoder_config.kind}: {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f} M parameters; device {device}{f', {precision} mixed precision' if precision else ''}{processes}")
 
     if uses_concepts:
         train_row_index = {int(row): index for index, row in enumerate(cache.rows(train_keys))}
@@ -408,82 +479,112 @@ def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress
         }
     history: list[dict] = []
     start_epoch, step, best_cider, bad_epochs = 1, 0, -1.0, 0
-    if resume:
-        loaded, _, _ = load_model(output / "last", device)
-        decoder.load_state_dict(loaded.state_dict())
-        state = _load_training_state(output / "last", optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)  # float16 gradients underflow unscaled
+    if resume:  # the decoder is the run's last checkpoint already
+        state = _load_training_state(output / "last", optimizer, device, group.rank, config.seed)
         start_epoch, step, best_cider, bad_epochs, history = state["epoch"] + 1, state["step"], state["best_cider"], state["bad_epochs"], state["history"]
+        total_steps = _planned_total_steps(state.get("schedule"), total_steps, config.epochs, log)
+        if scaler.is_enabled() and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
         log(f"resuming after epoch {state['epoch']} (best dev CIDEr {best_cider:.3f})")
 
     options = DecodingOptions(max_length=max_length)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    autocast = precision_context(device, precision)
     for epoch in range(start_epoch, config.epochs + 1):
         if bad_epochs >= config.patience:
             break
         started = time.time()
-        decoder.train(not config.self_critical)  # self-critical samples and scores without dropout
+        model.train(not config.self_critical)  # self-critical samples and scores without dropout
         batches = plan(np.random.default_rng(config.seed + epoch))
         flips = np.random.default_rng(config.seed + 1000 + epoch).random(len(epoch_lengths) if uses_concepts else len(samples)) < 0.5
         if uses_concepts:
             epoch_text = text_examples.draw(np.random.default_rng(config.seed + 2000 + epoch), concept_setup, decoder_config.max_concepts, len(train_keys), config.text_image_prob)
             epoch_lengths = np.concatenate([lengths_of_samples, [len(ids) for ids, _, _ in epoch_text]]).astype(int)
             batches = plan(np.random.default_rng(config.seed + epoch))
+        units_of_items = np.ones(len(train_records)) if config.self_critical else (epoch_lengths if uses_concepts else lengths_of_samples) + 1  # photos, or target tokens with <eos>
         total_loss, total_reward, count = 0.0, 0.0, 0
         hide_rng = np.random.default_rng(config.seed + 3000 + epoch)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress, leave=False)
         for batch_number in bar:
-            indices = batches[batch_number]
+            batch = batches[batch_number]  # the global batch, the same in every process
+            positions = group.share(np.arange(len(batch)))  # this process's share of it (all of it in one process)
+            weight = share_weight(units_of_items[batch], group.rank, group.world_size)
+            if len(positions) == 0:  # fewer examples than processes: one that counts for nothing, so every process steps
+                positions = np.arange(1)
+            indices = batch[positions]
             if uses_concepts:
                 rows, sequences, concepts, has_image = _concept_batch(indices, samples, epoch_text, concept_setup, train_row_index, cache.rows(train_keys))
                 if config.paired_image_dropout > 0:  # photo examples captioned from their concepts alone
-                    has_image &= ~torch.from_numpy((hide_rng.random(len(indices)) < config.paired_image_dropout) & (indices < len(samples)))
+                    has_image &= ~torch.from_numpy((hide_rng.random(len(batch))[positions] < config.paired_image_dropout) & (indices < len(samples)))
             else:
                 rows = train_rows[indices] if config.self_critical else np.array([samples[i][0] for i in indices])
                 sequences = None if config.self_critical else [samples[i][1] for i in indices]
-            features = batch_features(cache, rows, device)
-            if flip_cache is not None and flips[indices].any():
-                flipped = batch_features(flip_cache, rows, device)
-                use_flip = torch.from_numpy(flips[indices]).to(device)
-                features = Features(torch.where(use_flip[:, None, None], flipped.grid, features.grid), torch.where(use_flip[:, None], flipped.pooled, features.pooled))
+            features = batch_features(cache, rows, device, flip_cache, np.where(flips[indices], flip_row_of[rows], -1))  # each row from the copy it uses
             if uses_concepts:
                 features = features._replace(concepts=to_concepts(concepts, word_ids, concept_sources, decoder_config.max_concepts).to(device), has_image=has_image.to(device))
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(step, total_steps, config)
+            for parameters in optimizer.param_groups:
+                parameters["lr"] = learning_rate_at(step, total_steps, config)
             if config.self_critical:
                 keys = [train_keys[i] for i in indices]
-                loss, mean_reward = self_critical_loss(decoder, features, keys, reward, vocabulary, config.samples_per_image, max_length, autocast)
-                total_reward += mean_reward
+                loss, mean_reward = self_critical_loss(decoder, features, keys, reward, vocabulary, config.samples_per_image, max_length, autocast, model)
+                total_reward += mean_reward * weight if group.is_distributed else mean_reward
             else:
                 inputs, targets = pad_batch(sequences, vocabulary)
                 with autocast:
-                    logits = decoder(features, inputs.to(device))  # (B, T, V)
+                    logits = model(features, inputs.to(device))  # (B, T, V)
                 loss = caption_loss(logits.float(), targets.to(device), config.label_smoothing)
+            if group.is_distributed:  # DDP averages the processes' gradients: weigh each share by what it holds of the batch
+                loss = loss * weight
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(decoder.parameters(), config.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             total_loss, count = total_loss + loss.item(), count + 1
             bar.set_postfix(loss=f"{total_loss / count:.3f}", **({"reward": f"{total_reward / count:.3f}"} if config.self_critical else {}))
         bar.close()
         train_seconds = time.time() - started
-        hypotheses = decode_split(decoder, cache, dev_keys, device, config.dev_beam_size, options, concepts=dev_concepts)
-        scores = score_captions(dev_references, {key: vocabulary.decode(tokens) for key, tokens in zip(dev_keys, hypotheses)}, metrics=("BLEU-4", "CIDEr"))
-        entry = {"epoch": epoch, "train_loss": total_loss / count, "dev_bleu4": scores["BLEU-4"], "dev_cider": scores["CIDEr"], "learning_rate": optimizer.param_groups[0]["lr"], "train_seconds": round(train_seconds, 1), "seconds": round(time.time() - started, 1)}
-        if config.self_critical:
-            entry["train_reward"] = total_reward / count
+        if group.is_distributed:  # the batches' means: the processes' weighted shares, summed, over the number of processes
+            total_loss, total_reward = (total / group.world_size for total in group.sum([total_loss, total_reward]))
+        entry = None
+        if group.is_main:  # rank 0 scores the dev split; every process follows its decision
+            hypotheses = decode_split(decoder, cache, dev_keys, device, config.dev_beam_size, options, concepts=dev_concepts)
+            scores = score_captions(dev_references, {key: vocabulary.decode(tokens) for key, tokens in zip(dev_keys, hypotheses)}, metrics=("BLEU-4", "CIDEr"))
+            entry = {"epoch": epoch, "train_loss": total_loss / count, "dev_bleu4": scores["BLEU-4"], "dev_cider": scores["CIDEr"], "learning_rate": optimizer.param_groups[0]["lr"], "train_seconds": round(train_seconds, 1), "seconds": round(time.time() - started, 1)}
+            if config.self_critical:
+                entry["train_reward"] = total_reward / count
+        entry = group.broadcast(entry)
+        random_states = group.gather(random_state(device))
         history.append(entry)
         improved = entry["dev_cider"] > best_cider
         if improved:
             best_cider, bad_epochs = entry["dev_cider"], 0
-            save_model(output / "best", decoder, vocabulary, {**model_config, "dev": {"epoch": epoch, "BLEU-4": entry["dev_bleu4"], "CIDEr": entry["dev_cider"], "beam_size": config.dev_beam_size}}, concept_detector=concept_setup and concept_setup.detector)
         else:
             bad_epochs += 1
+        if not group.is_main:
+            continue
+        if improved:
+            save_model(output / "best", decoder, vocabulary, {**model_config, "dev": {"epoch": epoch, "BLEU-4": entry["dev_bleu4"], "CIDEr": entry["dev_cider"], "beam_size": config.dev_beam_size}}, concept_detector=concept_setup and concept_setup.detector)
         save_model(output / "last", decoder, vocabulary, model_config, concept_detector=concept_setup and concept_setup.detector)
-        _save_training_state(output / "last", optimizer, {"epoch": epoch, "step": step, "best_cider": best_cider, "bad_epochs": bad_epochs, "history": history})
+        progress_state = {"epoch": epoch, "step": step, "best_cider": best_cider, "bad_epochs": bad_epochs, "history": history, "schedule": {"total_steps": total_steps, "epochs": config.epochs}}
+        _save_training_state(output / "last", optimizer, {**progress_state, **({"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {})}, random_states)
         pending.commit()  # the new run has a checkpoint now; the run it replaces can go
         atomic_write_json(output / "history.json", history)
         plot_history(history, output / "history.png")
         log(f"epoch {epoch}: loss {entry['train_loss']:.3f}  dev BLEU-4 {entry['dev_bleu4']:.3f}  CIDEr {entry['dev_cider']:.3f}  ({entry['seconds']:.0f} s){'  *best*' if improved else ''}")
     return output / "best"
+
+
+def _planned_total_steps(schedule: dict | None, steps_now: int, epochs: int, log) -> int:
+    """The learning-rate schedule's length on --resume: as first planned, even if the data changed;
+    stretched in proportion when the run is resumed with another number of epochs."""
+    if schedule is None:  # a run saved before the schedule was recorded
+        return steps_now
+    if schedule["epochs"] == epochs:
+        return schedule["total_steps"]
+    total_steps = round(schedule["total_steps"] * epochs / schedule["epochs"])
+    log(f"learning-rate schedule: {schedule['epochs']} -> {epochs} epochs, {schedule['total_steps']} -> {total_steps} steps")
+    return total_steps
 

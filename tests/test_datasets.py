@@ -169,3 +169,87 @@ def test_real_coco_mini_dev():
     assert len(dataset.records) == 80 and {r.split for r in dataset.records} == {"dev"}
     assert all(len(r.captions) == 5 for r in dataset.records)
     assert sum(bool(r.objects) for r in dataset.records) > 70
+
+
+def _coco_split_files(folder, photos_folder: str, names: list[str], first_id: int) -> dict:
+    """A COCO caption file's content for `names` (two captions each), with their photos in `photos_folder/`."""
+    from PIL import Image
+
+    (folder.parent / photos_folder if folder.name == "annotations" else folder / photos_folder).mkdir(parents=True, exist_ok=True)
+    images = [{"id": first_id + i, "file_name": name, "height": 8, "width": 8, "coco_url": "http://x", "license": 1} for i, name in enumerate(names)]
+    for name in names:
+        Image.new("RGB", (8, 8), (120, 60, 30)).save((folder.parent if folder.name == "annotations" else folder) / photos_folder / name)
+    annotations = [{"id": 100 * image["id"] + k, "image_id": image["id"], "caption": f"Photo {image['id']} caption {k}."} for image in images for k in range(2)]
+    return {"info": {}, "licenses": [], "images": images, "annotations": annotations}
+
+
+def write_coco_official(folder, year: str = "2014"):
+    """COCO's official layout in small: captions_{train,val}YEAR.json, instances for train only, photos in trainYEAR/ and valYEAR/."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train_names = [f"COCO_train{year}_{i:012d}.jpg" for i in (9, 25)] if year == "2014" else [f"{i:012d}.jpg" for i in (9, 25)]
+    val_names = [f"COCO_val{year}_{i:012d}.jpg" for i in (42,)] if year == "2014" else [f"{i:012d}.jpg" for i in (9,)]
+    (folder / f"captions_train{year}.json").write_text(json.dumps(_coco_split_files(folder, f"train{year}", train_names, 1)))
+    (folder / f"captions_val{year}.json").write_text(json.dumps(_coco_split_files(folder, f"val{year}", val_names, 50)))
+    instances = {"images": [], "categories": [{"id": 18, "name": "dog", "supercategory": "animal"}],
+                 "annotations": [{"id": 7, "image_id": 2, "category_id": 18, "segmentation": [[1.0, 2.0, 3.0, 4.0]], "bbox": [0, 0, 1, 1], "area": 1.0, "iscrowd": 0}]}
+    (folder / f"instances_train{year}.json").write_text(json.dumps(instances))
+
+
+def test_coco_official_two_files_give_train_and_dev(tmp_path):
+    write_coco_official(tmp_path / "coco")
+    dataset = load_dataset(tmp_path / "coco")
+    assert dataset.name == "coco" and dataset.image_root == tmp_path / "coco"
+    assert [(r.image, r.split, r.objects) for r in dataset.records] == [
+        ("train2014/COCO_train2014_000000000009.jpg", "train", []),
+        ("train2014/COCO_train2014_000000000025.jpg", "train", ["dog"]),  # image id 2 in instances_train2014.json
+        ("val2014/COCO_val2014_000000000042.jpg", "dev", []),
+    ]
+    assert dataset.records[0].captions == ["Photo 1 caption 0.", "Photo 1 caption 1."]
+    assert all(dataset.image_path(record).is_file() for record in dataset.records)
+    # One caption file alone still gives one split, its photos found in the folder named after it.
+    single = load_dataset(tmp_path / "coco" / "captions_val2014.json")
+    assert [(r.image, r.split) for r in single.records] == [("COCO_val2014_000000000042.jpg", "dev")]
+    assert all(single.image_path(record).is_file() for record in single.records)
+
+
+def test_coco_2017_names_repeat_across_splits_and_stay_apart(tmp_path):
+    write_coco_official(tmp_path / "coco", year="2017")
+    dataset = load_dataset(tmp_path / "coco")
+    assert [(r.image, r.split) for r in dataset.records] == [("train2017/000000000009.jpg", "train"), ("train2017/000000000025.jpg", "train"), ("val2017/000000000009.jpg", "dev")]
+
+
+def test_coco_annotations_folder_and_photos_elsewhere(tmp_path):
+    write_coco_official(tmp_path / "coco" / "annotations")  # as COCO's zip unpacks: annotations/ beside train2014/ and val2014/
+    dataset = load_dataset(tmp_path / "coco" / "annotations")
+    assert dataset.image_root == tmp_path / "coco" and all(dataset.image_path(record).is_file() for record in dataset.records)
+    (tmp_path / "photos").mkdir()
+    assert load_dataset(tmp_path / "coco" / "annotations", images=tmp_path / "photos").image_root == tmp_path / "photos"
+
+
+def test_karpathy_coco_file_beside_the_official_ones_is_still_read(tmp_path):
+    write_coco_official(tmp_path / "coco")
+    karpathy = {"dataset": "coco", "images": [{"filepath": "val2014", "filename": "COCO_val2014_000000000042.jpg", "split": "restval", "sentences": [{"raw": "A dog ."}]}]}
+    (tmp_path / "coco" / "dataset_coco.json").write_text(json.dumps(karpathy))
+    dataset = load_dataset(tmp_path / "coco")
+    assert [(r.image, r.split) for r in dataset.records] == [("val2014/COCO_val2014_000000000042.jpg", "train")]
+
+
+@pytest.mark.parametrize("name, content", [
+    ("captions_val2014.json", {"images": [{"id": 1, "file_name": "x.jpg"}], "annotations": [{"image_id": 1, "caption": "A bus."}]}),
+    ("dataset_coco.json", {"images": [{"filename": "x.jpg", "filepath": "val2014", "split": "val", "sentences": [{"raw": "A bus."}]}]}),
+])
+def test_each_json_file_is_parsed_once(tmp_path, monkeypatch, name, content):
+    (tmp_path / name).write_text(json.dumps(content))
+    parsed = []
+    loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda text, **options: parsed.append(len(text)) or loads(text, **options))
+    dataset = load_dataset(tmp_path / name)
+    assert len(dataset.records) == 1 and len(parsed) == 1
+
+
+def test_json_readers_keep_only_the_fields_they_use(tmp_path):
+    write_coco_official(tmp_path / "coco")
+    from captioner.datasets import INSTANCE_FIELDS, _read_json
+
+    instances = _read_json(tmp_path / "coco" / "instances_train2014.json", INSTANCE_FIELDS)
+    assert instances == {"categories": [{"id": 18, "name": "dog"}], "annotations": [{"id": 7, "image_id": 2, "category_id": 18}]}

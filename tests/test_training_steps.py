@@ -1,6 +1,7 @@
 """The trainer's parts, each against numbers worked out by hand: the learning-rate schedule, length
-bucketing, padding and its masks, and self-critical training (its baseline, its guard, and that it
-raises the CIDEr-D reward)."""
+bucketing, padding and its masks, self-critical training (its baseline, its guard, and that it
+raises the CIDEr-D reward), each process's share of a batch and its weight under DDP, and what
+`--resume` restores (random states, the schedule's length)."""
 import itertools
 import math
 
@@ -9,9 +10,10 @@ import pytest
 import torch
 
 from captioner.cider import CiderD
-from captioner.decoders import caption_loss
+from captioner.decoders import Features, caption_loss
 from captioner.decoding import DecodingOptions, Hypothesis, greedy
-from captioner.training import TrainingConfig, learning_rate_at, length_bucketed_batches, pad_batch, self_critical_loss
+from captioner.distributed import shard, share_weight
+from captioner.training import TrainingConfig, _load_training_state, _planned_total_steps, _save_training_state, learning_rate_at, length_bucketed_batches, pad_batch, random_state, self_critical_loss
 from captioner.vocabulary import Vocabulary, tokenize
 from helpers import KINDS, random_features, tiny_decoder
 
@@ -143,3 +145,71 @@ def test_self_critical_training_raises_the_cider_reward():
     # Measured: greedy 0.44 -> 2.8 (with the sign of the loss flipped it falls to 0.04).
     assert _greedy_reward(decoder, features, reward) > before + 1.0
     assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 1.0
+
+
+def test_shares_of_a_batch_cover_it_once_in_near_equal_parts():
+    batch = np.arange(10, 17)  # 7 examples
+    for world_size in (1, 2, 3, 8):
+        shares = [shard(batch, rank, world_size) for rank in range(world_size)]
+        assert sorted(np.concatenate(shares).tolist()) == batch.tolist()
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert shard(batch, 1, 3).tolist() == [11, 14]  # dealt like DistributedSampler: every third from rank 1
+
+
+def _gradients(decoder, features, sequences: list[list[int]], rows: np.ndarray, weight: float) -> list[torch.Tensor]:
+    decoder.zero_grad()
+    inputs, targets = pad_batch([sequences[row] for row in rows], VOCABULARY)
+    loss = caption_loss(decoder(Features(features.grid[rows], features.pooled[rows]), inputs), targets) * weight
+    loss.backward()
+    return [parameter.grad.clone() for parameter in decoder.parameters()]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_weighed_shares_average_to_the_gradient_of_the_whole_batch(world_size):
+    """What DDP averages over the processes equals one process's gradient of the same global batch,
+    although the shares hold captions of different lengths (so different numbers of tokens)."""
+    decoder = tiny_decoder("transformer", vocab_size=len(VOCABULARY), dropout=0.0).train()
+    sequences = [VOCABULARY.encode(caption) for captions in REFERENCES.values() for caption in captions]  # 8 captions of 4 to 7 words
+    features, batch = random_features(len(sequences)), np.arange(len(sequences))
+    whole = _gradients(decoder, features, sequences, batch, 1.0)
+    tokens = np.array([len(ids) + 1 for ids in sequences])  # each caption's targets, <eos> included
+    weighed = [_gradients(decoder, features, sequences, shard(batch, rank, world_size), share_weight(tokens, rank, world_size)) for rank in range(world_size)]
+    for parameter_gradients, expected in zip(zip(*weighed), whole):
+        torch.testing.assert_close(sum(parameter_gradients) / world_size, expected, atol=1e-6, rtol=1e-5)
+    plain = [_gradients(decoder, features, sequences, shard(batch, rank, world_size), 1.0) for rank in range(world_size)]  # each share's own mean
+    assert not all(torch.allclose(sum(grads) / world_size, expected, atol=1e-6, rtol=1e-5) for grads, expected in zip(zip(*plain), whole))
+
+
+def test_old_configs_with_bf16_load_as_mixed_precision():
+    assert TrainingConfig.from_dict({"bf16": False}).mixed_precision is False
+    assert TrainingConfig.from_dict({"bf16": True}).mixed_precision is True
+    assert TrainingConfig.from_dict({}).mixed_precision is True
+    assert "bf16" not in TrainingConfig().to_dict()
+
+
+def test_every_process_resumes_with_its_own_random_state(tmp_path):
+    decoder = tiny_decoder("merge")
+    optimizer = torch.optim.AdamW(decoder.parameters())
+    states = []
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        states.append(random_state(torch.device("cpu")))
+    _save_training_state(tmp_path, optimizer, {"epoch": 1}, states)
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        expected = torch.rand(3)
+        torch.manual_seed(7)
+        assert _load_training_state(tmp_path, torch.optim.AdamW(decoder.parameters()), torch.device("cpu"), rank) == {"epoch": 1}
+        assert torch.equal(torch.rand(3), expected)
+    _load_training_state(tmp_path, optimizer, torch.device("cpu"), rank=2, seed=5)  # a process the run did not have: seed + rank
+    drawn = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(drawn, torch.rand(3))
+
+
+def test_a_resumed_schedule_keeps_its_planned_length_unless_the_epochs_change():
+    logged = []
+    assert _planned_total_steps({"total_steps": 120, "epochs": 4}, 150, 4, logged.append) == 120  # the data grew: same schedule
+    assert _planned_total_steps({"total_steps": 120, "epochs": 4}, 150, 6, logged.append) == 180  # two more epochs of the planned length
+    assert _planned_total_steps(None, 150, 6, logged.append) == 150  # a run saved before schedules were recorded
+    assert logged == ["learning-rate schedule: 4 -> 6 epochs, 120 -> 180 steps"]
