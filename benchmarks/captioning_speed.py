@@ -1,7 +1,9 @@
 """Speed and memory of the captioner on this machine's CPU.
 
-Prints: the encoder on ONNX Runtime (the default) against PyTorch, alternating in one run, for one
-caption, a folder at batch 32 and feature caching, each beside issue 8's target; encoder images/s while caching features; seconds per training epoch for each decoder
+Prints: the onnxruntime backend (every network in ONNX Runtime), the pytorch backend (the default:
+ONNX Runtime encoder, PyTorch decoder) and the pytorch backend with PyTorch's encoder, alternating
+in one run, for one caption, a folder at batch 32 and feature caching, each beside issue 8's
+target, and the load time of each backend; encoder images/s while caching features; seconds per training epoch for each decoder
 (timed steps on Flickr8k-sized batches, extrapolated to one epoch); captioning latency for one
 image from file to caption (median and p95, beam 3); throughput at batch 32; model load time;
 peak memory of `captioner caption` on a folder; and, if `transformers` is installed, a peer
@@ -138,37 +140,78 @@ def bench_concepts(repeats: int, baseline: str | None) -> dict[str, float]:
 
 
 TARGETS = {"one caption (ms)": 40, "folder, batch 32 (photos/s)": 60, "feature caching (photos/s)": 90}
+ONNX, PYTORCH, PYTORCH_ENCODER = "onnxruntime backend", "pytorch backend", "pytorch backend with the PyTorch encoder"
+ENCODER_NAMES = {PYTORCH: "ONNX Runtime encoder (both backends)", PYTORCH_ENCODER: "PyTorch encoder"}  # feature caching runs the encoder alone
 
 
-def bench_engines(repeats: int, folder_photos: int, cache_photos: int) -> dict[str, tuple[float, float]]:
-    """The encoder on ONNX Runtime (the default) against PyTorch's CPU kernels, same decoder,
-    alternating in one run: one caption (median ms), a folder at batch 32 and feature caching
-    (photos/s, median of 3). Returns {figure: (onnxruntime, pytorch)}."""
+def bench_engines(repeats: int, folder_photos: int, cache_photos: int) -> tuple[dict[str, dict[str, float]], int]:
+    """The shipped model three ways, alternating in one run: the onnxruntime backend (every
+    network in ONNX Runtime), the pytorch backend (the default: ONNX Runtime encoder, PyTorch
+    decoder) and the pytorch backend with PyTorch's CPU encoder. One caption file to text (median
+    ms), a folder at batch 32 (photos/s, median of 3) and feature caching (the encoder alone, so
+    the two encoders only). Returns {figure: {engine: value}} and how many of the folder's
+    captions the onnxruntime backend wrote word for word as the pytorch backend."""
     from captioner.api import Captioner
     from captioner.encoders import create_encoder
     from captioner.features import FeatureCache
 
-    engines = {True: Captioner.from_pretrained(), False: Captioner.from_pretrained()}
-    engines[False].encoder = create_encoder("efficientnet-lite2", onnxruntime=False)
+    engines = {ONNX: Captioner.from_pretrained(backend="onnxruntime"), PYTORCH: Captioner.from_pretrained(backend="pytorch"), PYTORCH_ENCODER: Captioner.from_pretrained(backend="pytorch")}
+    engines[PYTORCH_ENCODER].encoder = create_encoder("efficientnet-lite2", onnxruntime=False)
     photo, folder, cached = ROOT / "examples" / "chelsea.jpg", sample_photos(folder_photos), sample_photos(cache_photos)
-    times: dict[str, dict[bool, list[float]]] = {name: {True: [], False: []} for name in TARGETS}
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in TARGETS}
     for captioner in engines.values():
         captioner.caption(folder[:32], batch_size=32)  # warm-up
     for _ in range(repeats):
-        for fast, captioner in engines.items():
+        for engine, captioner in engines.items():
             started = time.perf_counter()
             captioner.caption(photo, beam_size=3)
-            times["one caption (ms)"][fast].append((time.perf_counter() - started) * 1000)
+            times["one caption (ms)"].setdefault(engine, []).append((time.perf_counter() - started) * 1000)
+    captions = {}
     for _ in range(3):
-        for fast, captioner in engines.items():
+        for engine, captioner in engines.items():
             started = time.perf_counter()
-            captioner.caption(folder, beam_size=3, batch_size=32)
-            times["folder, batch 32 (photos/s)"][fast].append(len(folder) / (time.perf_counter() - started))
+            captions[engine] = captioner.caption(folder, beam_size=3, batch_size=32)
+            times["folder, batch 32 (photos/s)"].setdefault(engine, []).append(len(folder) / (time.perf_counter() - started))
+            if engine == ONNX:
+                continue  # the same encoder as the pytorch backend's
             with tempfile.TemporaryDirectory() as cache:
                 started = time.perf_counter()
                 FeatureCache.build(Path(cache), captioner.encoder, [f"{i}" for i in range(len(cached))], cached, progress=False)
-                times["feature caching (photos/s)"][fast].append(len(cached) / (time.perf_counter() - started))
-    return {name: (statistics.median(runs[True]), statistics.median(runs[False])) for name, runs in times.items()}
+                times["feature caching (photos/s)"].setdefault(ENCODER_NAMES[engine], []).append(len(cached) / (time.perf_counter() - started))
+    same = sum(a[0].text == b[0].text for a, b in zip(captions[ONNX], captions[PYTORCH]))
+    return {name: {engine: statistics.median(values) for engine, values in runs.items()} for name, runs in times.items()}, same
+
+
+def bench_load(repeats: int = 3) -> dict[str, float]:
+    """Seconds to load the shipped model (median): pytorch backend, onnxruntime backend from the
+    model folder (exported in memory) and from an export folder (`captioner export --onnx`)."""
+    from captioner.api import Captioner
+    from captioner.onnx_export import write_onnx_export
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_onnx_export(Captioner.from_pretrained(backend="pytorch"), Path(folder) / "onnx")
+        loads = {
+            "pytorch backend": lambda: Captioner.from_pretrained(backend="pytorch"),
+            "onnxruntime backend, model folder exported in memory": lambda: Captioner.from_pretrained(backend="onnxruntime"),
+            "onnxruntime backend, export folder": lambda: Captioner.load(Path(folder) / "onnx"),
+        }
+        times: dict[str, list[float]] = {name: [] for name in loads}
+        for _ in range(repeats):
+            for name, load in loads.items():
+                started = time.perf_counter()
+                load()
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def print_engines(figures: dict[str, dict[str, float]], same: int, photos: int) -> None:
+    print("engines, alternating in one run (ratios against the pytorch backend, the default; targets from issue 8):")
+    for name, values in figures.items():
+        reference = values[PYTORCH] if PYTORCH in values else values[ENCODER_NAMES[PYTORCH]]
+        parts = [f"{engine} {value:.1f}" + ("" if value is reference else f" (x{value / reference:.2f})") for engine, value in values.items()]
+        meets = [engine + (" meets" if (value <= TARGETS[name] if "ms" in name else value >= TARGETS[name]) else " misses") for engine, value in values.items() if engine in (ONNX, PYTORCH, ENCODER_NAMES[PYTORCH])]
+        print(f"  {name}: {', '.join(parts)}; target {TARGETS[name]}: {', '.join(meets)}")
+    print(f"  folder captions of the onnxruntime backend word for word those of the pytorch backend: {same} of {photos}")
 
 
 PEAK_OF_CAPTION_COMMAND = """
@@ -222,10 +265,9 @@ def main() -> None:
     if not args.skip_training:
         for kind, seconds in bench_epochs(args.train_steps).items():
             print(f"training epoch, {kind} decoder (30,000 Flickr8k captions): {seconds:.0f} s")
-    print("encoder engines, alternating in one run (ONNX Runtime is the default; target from issue 8):")
-    for name, (fast, slow) in bench_engines(args.repeats, 256, args.encoder_images).items():
-        verdict = "meets" if (fast <= TARGETS[name] if "ms" in name else fast >= TARGETS[name]) else "misses"
-        print(f"  {name}: onnxruntime {fast:.1f}, pytorch {slow:.1f} -> ratio {fast / slow:.2f}; target {TARGETS[name]} ({verdict})")
+    figures, same = bench_engines(args.repeats, 256, args.encoder_images)
+    print_engines(figures, same, 256)
+    print("load the shipped model (median of 3): " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in bench_load().items()))
     captioning = bench_captioning(args.repeats)
     print(f"load default model: {captioning['load_s']:.2f} s")
     print(f"caption one image, file to caption, beam 3: median {captioning['latency_median_ms']:.0f} ms, p95 {captioning['latency_p95_ms']:.0f} ms")

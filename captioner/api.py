@@ -12,12 +12,15 @@ from .chair import coco_categories, object_words
 from .checkpoint import load_concept_detector, load_model, read_metrics
 from .concepts import PERSON_WORDS, SOURCE_IMAGENET, ConceptDetector, ConceptTable, Tag, animal_words, concept_inputs, concept_word_ids, imagenet_head, singular, tags_from_probabilities
 from .decoders import Features
+from .devices import resolve_device
 from .decoding import DecodingOptions, Hypothesis, beam_search, greedy, sample
 from .encoders import PreprocessConfig, create_encoder, preprocess
 from .errors import CaptionerError
 from .images import ImageInput, load_image
+from .onnx_backend import check_backend, is_onnx_export, load_onnx_captioner
 
 DEFAULT_MODEL = "flickr8k-default"
+DEFAULT_BACKEND = "pytorch"  # for model folders; export folders run on onnxruntime
 
 
 @dataclass
@@ -40,7 +43,7 @@ def pretrained_path(name: str = DEFAULT_MODEL) -> Path:
 class Captioner:
     """A frozen image encoder plus a trained decoder and its vocabulary."""
 
-    def __init__(self, encoder, decoder, vocabulary, config: dict, path: Path | None = None, device: torch.device | str = "cpu"):
+    def __init__(self, encoder, decoder, vocabulary, config: dict, path: Path | None = None, device: torch.device | str = "cpu", concept_detector: ConceptDetector | None = None):
         self.encoder = encoder.to(device)
         self.decoder = decoder.to(device).eval()
         self.vocabulary = vocabulary
@@ -51,15 +54,16 @@ class Captioner:
         decoding = config.get("decoding", {})
         self.length_penalty = float(decoding.get("length_penalty", 1.0))
         self.no_repeat_ngram_size = int(decoding.get("no_repeat_ngram_size", 3))
-        self._set_concepts(config.get("concepts") or {})
+        self._set_concepts(config.get("concepts") or {}, concept_detector)
         # COCO's object names other than people's: a caption names each at most once
         self.once_tokens = frozenset(index for word, index in self.vocabulary.stoi.items() if word in object_words())
 
     def _set_concepts(self, settings: dict, detector: ConceptDetector | None = None) -> None:
         """Concept detection for tags, concept tokens and the person rule. A model trained without
         concepts still gets tags from the ImageNet head alone."""
-        if detector is None:  # no person detector: no person rule either
+        if detector is None:
             detector = ConceptDetector(ConceptTable.load(), imagenet_head(self.encoder), [], self.encoder.feature_dim)
+        if not detector.detector_words:  # no person detector: no person rule either
             settings = {**settings, "person_threshold": 0.0}
         self.concept_detector = detector.to(self.device).eval()
         self.concept_min_score = float(settings.get("min_score", 0.1))
@@ -95,19 +99,29 @@ class Captioner:
         self.penalty_tokens = torch.tensor([t for _, t in pairs], dtype=torch.long, device=self.device)  # (R,)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Captioner":
-        """Load a model folder written by `captioner train` (or shipped in the package)."""
+    def load(cls, path: str | Path, device: torch.device | str | None = None, backend: str | None = None) -> "Captioner":
+        """Load a model folder written by `captioner train` (or shipped in the package), or an ONNX
+        export folder (`captioner export --onnx`). `device`: auto (None: CAPTIONER_DEVICE, else a
+        CUDA GPU when present, else the CPU), cpu, cuda or cuda:N. `backend`: pytorch or onnxruntime
+        (CPU only; a model folder is exported in memory); None: onnxruntime for an export folder,
+        else DEFAULT_BACKEND."""
+        backend = check_backend(backend or ("onnxruntime" if is_onnx_export(path) else DEFAULT_BACKEND))
+        if backend == "onnxruntime":
+            return load_onnx_captioner(cls, path, device)
+        if is_onnx_export(path):
+            raise CaptionerError(f"{path} is an ONNX export folder; load it with backend 'onnxruntime' (--backend onnxruntime)")
+        device = resolve_device(device)
         decoder, vocabulary, config = load_model(path, device)
-        encoder = create_encoder(config["encoder"])
+        encoder = create_encoder(config["encoder"], onnxruntime=device.type == "cpu")
         captioner = cls(encoder, decoder, vocabulary, config, Path(path), device)
         if "concepts" in config:
             captioner._set_concepts(config["concepts"], load_concept_detector(path, config, captioner.encoder))
         return captioner
 
     @classmethod
-    def from_pretrained(cls, name: str = DEFAULT_MODEL, device: torch.device | str = "cpu") -> "Captioner":
+    def from_pretrained(cls, name: str = DEFAULT_MODEL, device: torch.device | str | None = None, backend: str | None = None) -> "Captioner":
         """The default model that ships with the package; works offline."""
-        return cls.load(pretrained_path(name), device)
+        return cls.load(pretrained_path(name), device, backend)
 
     @property
     def name(self) -> str:

@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,17 @@ FINITE_NUMBER = _number(float, Limit(), "a finite number")
 TOP_P = _number(float, Limit(0, 1, low_open=True), "a number > 0 and <= 1")
 BEAM = _number(int, Limit(1, 20), "a whole number from 1 to 20")
 PORT = _number(int, Limit(1, 65535), "a port number from 1 to 65535")
+DEVICE_HELP = "auto (a CUDA GPU when present; the default), cpu, cuda or cuda:N; also set by CAPTIONER_DEVICE"
+BACKENDS = ("pytorch", "onnxruntime")  # as captioner.onnx_backend.BACKENDS, without importing torch to parse arguments
+BACKEND_HELP = "pytorch or onnxruntime (the CPU; a model folder is exported in memory at load); default: onnxruntime for an ONNX export folder, else pytorch"
+
+
+def DEVICE(text: str) -> str:
+    """An argparse type: the spelling of a device choice (whether it exists is checked when it is used)."""
+    choice = text.strip().lower()
+    if choice not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", choice):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, not {text!r}")
+    return choice
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -104,6 +116,15 @@ def command_caption(args: argparse.Namespace) -> int:
 
     if args.num_captions > args.beam_size and not args.sample:
         raise CaptionerError(f"--num-captions ({args.num_captions}) cannot exceed --beam-size ({args.beam_size})")
+    if args.ray:
+        if args.backend:
+            raise CaptionerError("--backend does not work with --ray yet; Ray actors load an ONNX export folder (--model) on onnxruntime by themselves")
+        from .ray_captioning import caption_with_ray  # Ray is imported there, never on this machine-only path
+
+        return caption_with_ray(args)
+    for flag, value in (("--actors", args.actors), ("--actor-cpus", args.actor_cpus), ("--format", args.shard_format), ("--shard-size", args.shard_size)):
+        if value is not None:
+            raise CaptionerError(f"{flag} works only with --ray ADDRESS (captioning on a Ray cluster)")
     output = Path(args.output) if args.output else None
     done = read_done(output) if output else set()  # checked before any work
     paths, problems = find_images(args.paths)
@@ -112,7 +133,7 @@ def command_caption(args: argparse.Namespace) -> int:
     if not paths:
         raise CaptionerError("no images to caption; pass image files or folders holding JPEG, PNG, WebP, GIF, BMP or TIFF")
     todo = [path for path in paths if str(path) not in done]
-    captioner = Captioner.load(args.model) if args.model else Captioner.from_pretrained()
+    captioner = Captioner.load(args.model, args.device, args.backend) if args.model else Captioner.from_pretrained(device=args.device, backend=args.backend)
     failed = bool(problems)
     log = CaptionLog(output) if output else None
     bar = tqdm(total=len(todo), unit="photo", file=sys.stderr, disable=output is None or args.quiet, dynamic_ncols=True)
@@ -156,6 +177,7 @@ def _print_or_log(path: Path, captions, args: argparse.Namespace, log) -> None:
 
 
 def command_train(args: argparse.Namespace) -> int:
+    from .distributed import is_main_process
     from .training import TrainingConfig, train
 
     data: dict = {}
@@ -189,8 +211,9 @@ def command_train(args: argparse.Namespace) -> int:
     config = TrainingConfig.from_dict(data)
     if not config.dataset and not args.resume:
         raise CaptionerError("no dataset given; pass --dataset PATH (a Flickr8k folder, captions.txt, dataset_*.json, captions_*.json, .csv or .jsonl)")
-    best = train(config, resume=args.resume, force=args.force, progress=not args.quiet)
-    print(f"best model: {best}")
+    best = train(config, resume=args.resume, force=args.force, progress=not args.quiet, device=args.device)
+    if is_main_process():  # under torchrun, once
+        print(f"best model: {best}")
     return 0
 
 
@@ -200,7 +223,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_model(
         args.model, args.dataset, args.images, args.split, args.beam_size, args.output, args.cache,
         force=args.force, limit=args.limit, save_metrics=args.save_metrics, progress=not args.quiet,
-        length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size, device=args.device,
     )
     for beam, scores in report["results"].items():
         print(f"{report['split']} ({report['images']} images), {beam}: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
@@ -209,17 +232,32 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 def command_features(args: argparse.Namespace) -> int:
     from .datasets import SPLITS, load_dataset
-    from .features import feature_cache
+    from .devices import resolve_device
+    from .encoders import create_encoder
+    from .features import UNREADABLE_LIST, feature_cache, records_with_features
 
+    device = resolve_device(args.device)  # a device that is not here is refused before any work
     dataset = load_dataset(args.dataset, args.images)
-    started = time.time()
+    encoder = create_encoder(args.encoder, onnxruntime=device.type == "cpu").to(device)
     splits = set(args.splits or SPLITS)
-    cache = feature_cache(dataset, args.encoder, args.cache, [r.image for r in dataset.records if r.split in splits], flip=args.flip)
-    print(f"features of {len(cache.keys)} images in {cache.folder} ({time.time() - started:.0f} s)")
+    chosen = [record for record in dataset.records if record.split in splits]
+    jobs = [("", chosen)] + ([("mirrored ", [record for record in chosen if record.split == "train"])] if args.flip else [])
+    for kind, records in jobs:
+        if not records:
+            print(f"no {kind}features to build: mirrored features are for the train split only")
+            continue
+        started = time.time()
+        cache = feature_cache(dataset, args.encoder, args.cache, [record.image for record in records], flip=bool(kind), encoder=encoder,
+                              device=device, workers=args.workers, retry_unreadable=args.retry_unreadable)
+        unreadable = len(records_with_features(records, cache)[1])
+        skipped = f"; unreadable photos skipped: {unreadable} (listed in {cache.folder / UNREADABLE_LIST})" if unreadable else ""
+        print(f"{kind}features of {len(records) - unreadable} images in {cache.folder} ({time.time() - started:.0f} s){skipped}")
     return 0
 
 
 def command_export(args: argparse.Namespace) -> int:
+    if args.onnx:
+        return export_onnx(args)
     import torch
 
     from .checkpoint import copy_concepts, load_concept_detector, load_model, read_config, save_model
@@ -261,12 +299,34 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_onnx(args: argparse.Namespace) -> int:
+    """`export --onnx OUT`: the model's networks as ONNX files with its config, for `--backend onnxruntime`."""
+    from .api import Captioner
+    from .onnx_export import write_onnx_export
+
+    output, model = Path(args.onnx), Path(args.model)
+    changes = [flag for flag, value in (("--fp16", args.fp16), ("--name", args.name), ("--length-penalty", args.length_penalty), ("--no-repeat-ngram-size", args.no_repeat_ngram_size),
+               ("--person-threshold", args.person_threshold), ("--tag-threshold", args.tag_threshold), ("--animal-floor", args.animal_floor),
+               ("--object-penalty", args.object_penalty), ("--concepts-from", args.concepts_from)) if value not in (None, False)]
+    if changes:
+        raise CaptionerError(f"--onnx exports a model as it is; {changes[0]} is for a model folder: export with --output first, then --onnx from that folder")
+    if output.exists() and model.exists() and output.resolve() == model.resolve():
+        raise CaptionerError(f"--onnx {output} is the model folder itself; choose another folder")
+    if output.exists() and any(output.iterdir()) and not args.force:
+        raise CaptionerError(f"{output} already exists; pass --force to replace the export in it")
+    captioner = Captioner.load(model, "cpu", backend="pytorch")
+    manifest = write_onnx_export(captioner, output)
+    size = sum(manifest["files"].values()) / 2**20
+    print(f"exported {model} to {output} as ONNX ({len(manifest['files'])} files, {size:.1f} MiB); caption with: captioner caption --model {output} PHOTOS")
+    return 0
+
+
 def command_serve(args: argparse.Namespace) -> int:
     try:
         from .server import serve
     except ImportError as error:
         raise CaptionerError(f"the web app needs its extra dependencies: pip install 'captioner[serve]' ({error})") from None
-    serve(host=args.host, port=args.port, model=args.model, max_upload_mb=args.max_upload_mb)
+    serve(host=args.host, port=args.port, model=args.model, max_upload_mb=args.max_upload_mb, device=args.device, backend=args.backend)
     return 0
 
 
@@ -290,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--output", help="append one JSON line per photo to this file as it goes; a rerun skips photos already in it")
     caption.add_argument("--workers", type=_number(int, Limit(1, 64), "a whole number from 1 to 64"), default=1, help="threads decoding photos ahead of the model (default 1)")
     caption.add_argument("--quiet", action="store_true", help="no progress bar or summary with --output")
+    caption.add_argument("--device", type=DEVICE, default=None, help=DEVICE_HELP)
+    caption.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
+    caption.add_argument("--ray", metavar="ADDRESS", help="caption with Ray Data: local (start Ray here), auto (this machine's cluster), HOST:PORT (its head) or ray://HOST:PORT (Ray Client); PATH may also be a URI (s3://...) or a .parquet/.csv manifest with a 'path' column, and --output is a folder of shards (pip install 'captioner[ray]')")
+    caption.add_argument("--actors", type=COUNT, help="with --ray: captioning actors, each loading the model once (default: one per GPU, else three quarters of the CPUs)")
+    caption.add_argument("--actor-cpus", type=COUNT, help="with --ray: CPUs (threads) per captioning actor (default 1)")
+    caption.add_argument("--format", dest="shard_format", choices=("jsonl", "parquet"), help="with --ray: shard format (default jsonl)")
+    caption.add_argument("--shard-size", type=COUNT, help="with --ray: photos per shard file (default 10000)")
     caption.set_defaults(handler=command_caption)
 
     train = commands.add_parser("train", help="train a decoder on cached features")
@@ -310,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --output")
     train.add_argument("--force", action="store_true", help="replace the run in --output (kept until the new run has its first checkpoint, put back if it fails)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--device", type=DEVICE, default=None, help=DEVICE_HELP)
     train.set_defaults(handler=command_train)
 
     evaluate = commands.add_parser("evaluate", help="score a model with the coco-caption metrics")
@@ -326,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--length-penalty", type=FINITE_NUMBER, help="override the model's length penalty (0 = sum of log-probs, 1 = mean)")
     evaluate.add_argument("--no-repeat-ngram-size", type=ZERO_OR_MORE, help="override the model's repeated n-gram ban (0 = off)")
     evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--device", type=DEVICE, default=None, help=DEVICE_HELP)
     evaluate.set_defaults(handler=command_evaluate)
 
     features = commands.add_parser("features", help="build the feature cache of a dataset")
@@ -334,12 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--encoder", default="efficientnet-lite2")
     features.add_argument("--cache", default="cache")
     features.add_argument("--splits", nargs="+", choices=["train", "dev", "test"])
-    features.add_argument("--flip", action="store_true", help="features of mirrored photos (training augmentation)")
+    features.add_argument("--flip", action="store_true", help="also the features of the train split's photos mirrored (training augmentation)")
+    features.add_argument("--workers", type=_number(int, Limit(0, 64), "a whole number from 0 to 64"), default=None,
+                          help="processes decoding photos (default: on the CPU 0, one decoding thread beside the encoder; on a GPU one for each core but one, at most 8)")
+    features.add_argument("--retry-unreadable", action="store_true", help="try again the photos an earlier run could not read (listed in the cache's unreadable.txt)")
+    features.add_argument("--device", type=DEVICE, default=None, help=DEVICE_HELP)
     features.set_defaults(handler=command_features)
 
-    export = commands.add_parser("export", help="copy a trained model folder, optionally as float16")
+    export = commands.add_parser("export", help="copy a trained model folder, optionally as float16, or export it as ONNX")
     export.add_argument("--model", required=True, help="model folder, e.g. runs/NAME/best")
-    export.add_argument("--output", required=True)
+    destination = export.add_mutually_exclusive_group(required=True)
+    destination.add_argument("--output", help="folder for the copy")
+    destination.add_argument("--onnx", metavar="OUT", help="folder for the encoder, concept detector and decoder step as ONNX files with the config; caption with --model OUT (it runs on onnxruntime)")
     export.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
     export.add_argument("--name", help="rename the model")
     export.add_argument("--length-penalty", type=FINITE_NUMBER, help="default length penalty stored with the model")
@@ -357,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=PORT, default=5000)
     serve.add_argument("--model", help="model folder (default: the shipped model)")
     serve.add_argument("--max-upload-mb", type=POSITIVE_NUMBER, default=10.0)
+    serve.add_argument("--device", type=DEVICE, default=None, help=DEVICE_HELP)
+    serve.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
     serve.set_defaults(handler=command_serve)
     return parser
 

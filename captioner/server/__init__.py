@@ -3,20 +3,22 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from ..devices import resolve_device
 from ..errors import CaptionerError
 from .app import MB, Settings, create_app
 
 __all__ = ["Settings", "create_app", "serve"]
 
 
-def serve(host: str = "127.0.0.1", port: int = 5000, model: str | None = None, max_upload_mb: float = 10.0) -> None:
+def serve(host: str = "127.0.0.1", port: int = 5000, model: str | None = None, max_upload_mb: float = 10.0, device: str | None = None, backend: str | None = None) -> None:
     """Run the app under uvicorn until interrupted; raise CaptionerError if it cannot start."""
     import uvicorn
 
     try:
-        settings = Settings(model_path=model, max_upload_bytes=int(max_upload_mb * MB))
+        settings = Settings(model_path=model, max_upload_bytes=int(max_upload_mb * MB), backend=backend, **({"device": device} if device else {}))
     except ValidationError:
         raise CaptionerError(f"--max-upload-mb must be a positive number, got {max_upload_mb}") from None
+    resolve_device(settings.device)  # a missing GPU is refused in one line before uvicorn starts
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(_quiet_startup_failure(app), host=host, port=port, lifespan="on", timeout_graceful_shutdown=5))
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..api import Captioner
+from ..devices import DEVICE_ENVIRONMENT_VARIABLE
 from ..encoders import PreprocessConfig, shrink_large
 from ..errors import CaptionerError, ImageError
 from ..images import MAX_PIXELS, TooManyPixelsError, load_image, open_header
@@ -72,6 +74,11 @@ class Settings(BaseModel):
     read_timeout: float = Field(10.0, gt=0, description="Seconds a client may send nothing in the middle of an upload; then 408.")
     batch_wait_ms: float = Field(0.0, ge=0, le=1000, description="Dynamic batching: how long a photo waits for others to be captioned with it (0: an idle server starts at once; under load photos gather while the threads are busy).")
     max_batch: int = Field(8, ge=1, le=64, description="Dynamic batching: most photos captioned together (1 turns batching off).")
+    device: str = Field(
+        default_factory=lambda: os.environ.get(DEVICE_ENVIRONMENT_VARIABLE, "auto"),
+        description="auto (a CUDA GPU when present), cpu, cuda or cuda:N; default from CAPTIONER_DEVICE, else auto.",
+    )
+    backend: str | None = Field(None, description="pytorch or onnxruntime (the CPU; a model folder is exported in memory at load); None: onnxruntime for an ONNX export folder, else pytorch.")
     upload_memory: int | None = Field(None, gt=0, description="Bytes of uploads held at once, received or waiting; None: room for 2 x queue_size full uploads. Past it, 503.")
 
     @model_validator(mode="after")
@@ -463,7 +470,7 @@ async def model_info(request: Request, captioner: CaptionerDependency) -> schema
     return schemas.ModelInfo(
         name=captioner.name, encoder=captioner.config["encoder"],
         decoder=schemas.DecoderInfo(kind=decoder.pop("kind"), parameters=decoder),
-        vocabulary_size=len(captioner.vocabulary), metrics=request.app.state.model_metrics,
+        vocabulary_size=len(captioner.vocabulary), device=str(captioner.device), metrics=request.app.state.model_metrics,
     )
 
 
@@ -522,7 +529,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 def load_captioner(settings: Settings) -> tuple[Captioner, dict]:
     """Load the model and its metrics, and caption a blank image once, so a broken model fails here, not at the first request."""
     try:
-        captioner = Captioner.load(settings.model_path) if settings.model_path else Captioner.from_pretrained()
+        captioner = Captioner.load(settings.model_path, settings.device, settings.backend) if settings.model_path else Captioner.from_pretrained(device=settings.device, backend=settings.backend)
         metrics = captioner.metrics  # read once: a broken metrics.json is refused like any broken model file
         captioner.generate(captioner.encode([Image.new("RGB", (64, 64))]), beam_size=1)
     except CaptionerError as error:

@@ -72,6 +72,7 @@ class ModelInfo(BaseModel):
     encoder: str
     decoder: DecoderInfo
     vocabulary_size: int
+    device: str = Field(description="Where the model runs: cpu, or cuda:N.")
     metrics: dict = Field(description="Test-split scores from the model's metrics.json; empty if it was never evaluated.")
 
 

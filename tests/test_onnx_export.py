@@ -1,0 +1,189 @@
+"""`captioner export --onnx` and the onnxruntime backend: the same captions as PyTorch, and
+one-line errors for incomplete or foreign export folders and unknown backends."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from captioner.api import Captioner, pretrained_path
+from captioner import cli
+from captioner.cli import main
+from captioner.onnx_backend import BACKENDS
+from captioner.errors import CaptionerError
+from conftest import EXAMPLES
+from helpers import KINDS, one_line_error, random_features, tiny_decoder
+
+
+@pytest.fixture(scope="module")
+def export_folder(tmp_path_factory):
+    """The shipped model exported by the command line, once for this file."""
+    folder = tmp_path_factory.mktemp("onnx") / "flickr8k-default-onnx"
+    assert main(["--threads", "1", "export", "--onnx", str(folder), "--model", str(pretrained_path())]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def onnx_captioner(export_folder):
+    return Captioner.load(export_folder)
+
+
+def broken_copy(export_folder, tmp_path):
+    copy = tmp_path / "export"
+    shutil.copytree(export_folder, copy)
+    return copy
+
+
+def test_the_export_folder_holds_the_graphs_config_and_manifest(export_folder):
+    manifest = json.loads((export_folder / "manifest.json").read_text())
+    assert manifest["format"] == "captioner-onnx" and manifest["format_version"] == 1 and manifest["captioner_version"]
+    for name in ("encoder.onnx", "imagenet_head.onnx", "word_detectors.onnx", "decoder_prepare.onnx", "decoder_step.onnx", "config.json", "vocabulary.json", "concepts.safetensors"):
+        assert manifest["files"][name] == (export_folder / name).stat().st_size
+    assert json.loads((export_folder / "config.json").read_text()) == json.loads((pretrained_path() / "config.json").read_text())
+    assert not (export_folder / "model.safetensors").exists()  # no PyTorch weights needed
+
+
+def test_onnx_captions_are_word_for_word_those_of_pytorch(onnx_captioner, shipped_captioner, example_photos):
+    assert type(onnx_captioner.decoder).__name__ == "OnnxDecoder"
+    for options in ({"beam_size": 3, "num_captions": 2}, {"beam_size": 1}, {"beam_size": 5, "num_captions": 3}):
+        expected = shipped_captioner.caption(example_photos, **options)
+        got = onnx_captioner.caption(example_photos, **options)
+        assert [[c.text for c in captions] for captions in got] == [[c.text for c in captions] for captions in expected], options
+        for mine, theirs in zip(got, expected):
+            assert [c.score for c in mine] == pytest.approx([c.score for c in theirs], abs=2e-4)
+            assert [t.word for t in mine[0].tags] == [t.word for t in theirs[0].tags]
+    sampled = dict(sampling=True, num_captions=3, seed=7)
+    assert [[c.text for c in x] for x in onnx_captioner.caption(example_photos, **sampled)] == [[c.text for c in x] for x in shipped_captioner.caption(example_photos, **sampled)]
+
+
+def test_the_step_matches_pytorch_whatever_the_order_of_rows(onnx_captioner, shipped_captioner, example_photos):
+    features = shipped_captioner.encode(example_photos[:3])
+    features, _, _, _ = shipped_captioner.conditioning(features)
+    # rows grouped by image (as beam search keeps them), then interleaved (one group per row)
+    for order in (torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([2, 0, 1, 0, 2, 1])):
+        states = [decoder.init_state(features) for decoder in (shipped_captioner.decoder, onnx_captioner.decoder)]
+        states = [{name: value.index_select(0, order) for name, value in state.items()} for state in states]
+        tokens = torch.full((6,), 1)
+        for step in range(4):
+            (expected, states[0]), (got, states[1]) = shipped_captioner.decoder.step(tokens, states[0]), onnx_captioner.decoder.step(tokens, states[1])
+            assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4), (order, step)
+            tokens = expected.argmax(dim=-1)
+            shuffle = torch.tensor([1, 0, 3, 2, 5, 4])  # a reorder within each image's block, as beam search does
+            states = [{name: value.index_select(0, shuffle) for name, value in state.items()} for state in states]
+
+
+def test_features_without_concept_tokens_decode_as_on_pytorch(onnx_captioner, shipped_captioner, example_photos):
+    features = shipped_captioner.encode(example_photos[:2])  # concepts None: the image alone
+    tokens = torch.full((2,), 1)
+    expected, _ = shipped_captioner.decoder.step(tokens, shipped_captioner.decoder.init_state(features))
+    got, _ = onnx_captioner.decoder.step(tokens, onnx_captioner.decoder.init_state(features))
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_decoder_kind_exports_as_prepare_and_step(kind):
+    from captioner.decoding import beam_search, greedy
+    from captioner.onnx_backend import OnnxDecoder
+    from captioner.onnx_encoder import onnx_session
+    from captioner.onnx_export import decoder_graphs
+
+    decoder = tiny_decoder(kind, max_concepts=0)
+    graphs = decoder_graphs(decoder)
+    exported = OnnxDecoder(decoder.config, onnx_session(graphs.prepare), onnx_session(graphs.step), graphs.per_image)
+    features = random_features(batch=3)
+    assert [h[0].tokens for h in greedy(exported, features)] == [h[0].tokens for h in greedy(decoder, features)]
+    assert [[h.tokens for h in n] for n in beam_search(exported, features, 3, 2)] == [[h.tokens for h in n] for n in beam_search(decoder, features, 3, 2)]
+
+
+def test_a_model_without_concepts_exports_too(tmp_path, example_photos):
+    from captioner.checkpoint import read_config, save_model
+    from captioner.onnx_export import write_onnx_export
+    from captioner.vocabulary import Vocabulary
+
+    shipped = read_config(pretrained_path())
+    config = {"name": "plain", "encoder": shipped["encoder"], "preprocess": shipped["preprocess"], "decoding": {}}
+    save_model(tmp_path / "plain", tiny_decoder("attention", feature_dim=1280, grid_size=49), Vocabulary([f"w{i}" for i in range(16)]), config)
+    pytorch = Captioner.load(tmp_path / "plain", "cpu")
+    manifest = write_onnx_export(pytorch, tmp_path / "plain-onnx")
+    assert "word_detectors.onnx" not in manifest["files"] and manifest["decoder"]["per_image_state"] == []
+    exported = Captioner.load(tmp_path / "plain-onnx")
+    assert exported.person_threshold == pytorch.person_threshold == 0.0  # no person detector, no person rule
+    assert [[c.text for c in n] for n in exported.caption(example_photos, num_captions=2)] == [[c.text for c in n] for n in pytorch.caption(example_photos, num_captions=2)]
+
+
+def test_a_model_folder_runs_on_onnxruntime_by_exporting_it_in_memory(shipped_captioner):
+    captioner = Captioner.from_pretrained(backend="onnxruntime")
+    assert type(captioner.decoder).__name__ == "OnnxDecoder" and captioner.path == pretrained_path()
+    photo = EXAMPLES / "chelsea.jpg"
+    assert captioner.caption(photo)[0].text == shipped_captioner.caption(photo)[0].text
+
+
+def test_an_incomplete_export_is_one_line(export_folder, tmp_path, capsys):
+    folder = broken_copy(export_folder, tmp_path)
+    (folder / "decoder_step.onnx").unlink()
+    with pytest.raises(CaptionerError, match="missing decoder_step.onnx; the ONNX export is incomplete") as raised:
+        Captioner.load(folder)
+    assert "\n" not in str(raised.value)
+    assert "missing decoder_step.onnx" in one_line_error(capsys, ["caption", "--model", str(folder), str(EXAMPLES / "chelsea.jpg")])
+    (folder / "manifest.json").unlink()  # an interrupted export: the manifest is written last
+    assert "missing manifest.json" in one_line_error(capsys, ["caption", "--model", str(folder), str(EXAMPLES / "chelsea.jpg")])
+
+
+def test_a_truncated_graph_is_one_line(export_folder, tmp_path):
+    folder = broken_copy(export_folder, tmp_path)
+    data = (folder / "decoder_prepare.onnx").read_bytes()
+    (folder / "decoder_prepare.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CaptionerError, match="decoder_prepare.onnx: .* bytes, the manifest says"):
+        Captioner.load(folder)
+
+
+def test_an_export_of_another_format_version_is_one_line(export_folder, tmp_path, capsys):
+    folder = broken_copy(export_folder, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "format_version": 2, "captioner_version": "9.0"}))
+    with pytest.raises(CaptionerError, match=r"format version 2 \(written by captioner 9.0\) is not 1; export the model again"):
+        Captioner.load(folder)
+    assert "format version 2" in one_line_error(capsys, ["caption", "--model", str(folder), str(EXAMPLES / "chelsea.jpg")])
+
+
+def test_an_unsupported_backend_is_one_line_listing_the_choices(export_folder, capsys):
+    with pytest.raises(CaptionerError, match="unknown backend 'tensorrt'; choose one of: pytorch, onnxruntime"):
+        Captioner.from_pretrained(backend="tensorrt")
+    error = one_line_error(capsys, ["caption", "--backend", "tensorrt", str(EXAMPLES / "chelsea.jpg")])
+    assert "'pytorch', 'onnxruntime'" in error and BACKENDS == cli.BACKENDS
+    assert "--backend onnxruntime" in one_line_error(capsys, ["caption", "--backend", "pytorch", "--model", str(export_folder), str(EXAMPLES / "chelsea.jpg")])
+    with pytest.raises(CaptionerError):  # the backend runs on the CPU only
+        Captioner.load(export_folder, device="cuda")
+
+
+def test_caption_command_on_an_export_folder_and_with_backend(export_folder, capsys):
+    photos = [str(EXAMPLES / "chelsea.jpg"), str(EXAMPLES / "coffee.jpg")]
+    outputs = []
+    for arguments in ([], ["--model", str(export_folder)], ["--backend", "onnxruntime"]):
+        assert main(["--threads", "1", "caption", "--tags", *arguments, *photos]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0].count("\n") == 2 and outputs[1] == outputs[0] and outputs[2] == outputs[0]
+
+
+def test_export_onnx_refuses_what_it_would_overwrite_or_ignore(export_folder, tmp_path, capsys):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    model = str(pretrained_path())
+    assert "--force" in one_line_error(capsys, ["export", "--onnx", str(target), "--model", model])
+    assert "--fp16" in one_line_error(capsys, ["export", "--onnx", str(tmp_path / "new"), "--model", model, "--fp16"])
+    assert "not allowed with argument" in one_line_error(capsys, ["export", "--onnx", str(tmp_path / "a"), "--output", str(tmp_path / "b"), "--model", model])
+    assert "model folder itself" in one_line_error(capsys, ["export", "--onnx", model, "--model", model, "--force"])
+    assert (target / "keep.txt").read_text() == "mine" and not (tmp_path / "new").exists()
+
+
+def test_the_server_runs_an_export_folder(export_folder, shipped_captioner):
+    from fastapi.testclient import TestClient
+
+    from captioner.server import Settings, create_app
+
+    photo = EXAMPLES / "coffee.jpg"
+    with TestClient(create_app(Settings(model_path=export_folder, backend="onnxruntime"))) as client:
+        response = client.post("/api/captions", files={"image": ("coffee.jpg", photo.read_bytes(), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    assert response.json()["captions"][0]["text"] == shipped_captioner.caption(photo)[0].text
