@@ -112,11 +112,9 @@ class Captioner:
             raise CaptionerError(f"{path} is an ONNX export folder; load it with backend 'onnxruntime' (--backend onnxruntime)")
         device = resolve_device(device)
         decoder, vocabulary, config = load_model(path, device)
-        encoder = create_encoder(config["encoder"], onnxruntime=device.type == "cpu")
-        captioner = cls(encoder, decoder, vocabulary, config, Path(path), device)
-        if "concepts" in config:
-            captioner._set_concepts(config["concepts"], load_concept_detector(path, config, captioner.encoder))
-        return captioner
+        encoder = create_encoder(config["encoder"], onnxruntime=device.type == "cpu").to(device)
+        detector = load_concept_detector(path, config, encoder) if "concepts" in config else None
+        return cls(encoder, decoder, vocabulary, config, Path(path), device, concept_detector=detector)
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_MODEL, device: torch.device | str | None = None, backend: str | None = None) -> "Captioner":
