@@ -26,7 +26,8 @@ from synthetic_photos import make_dataset, timed_captioner  # noqa: E402
 def caption_run(folder: Path, output: Path, threads: int, workers: int, limit_to: list[Path] | None = None) -> tuple[float, float]:
     """Seconds and peak resident memory (MiB) of one `captioner caption ... --output` run in its own process."""
     paths = [str(p) for p in limit_to] if limit_to else [str(folder)]
-    return timed_captioner(["caption", *paths, "--output", str(output), "--workers", str(workers), "--quiet"], threads)
+    measured = timed_captioner(["caption", *paths, "--output", str(output), "--workers", str(workers), "--quiet"], threads)
+    return measured.seconds, measured.peak_mib
 
 
 def lines_in(path: Path) -> int:

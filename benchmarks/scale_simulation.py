@@ -59,28 +59,30 @@ def simulate(root: Path, count: int, threads: int, train_limit: int = 0) -> dict
     made = time.perf_counter() - started
     cache, run = root / f"cache-{count}", root / f"run-{count}"
     common = ["--dataset", str(pairs), "--cache", str(cache)]
-    feature_seconds, feature_peak = timed_captioner(["features", *common, "--splits", "train", "dev"], threads)
+    caching = timed_captioner(["features", *common, "--splits", "train", "dev"], threads)
     cached_rows = sum(1 for line in pairs.read_text().splitlines()) // 5
-    flip_seconds, flip_peak = timed_captioner(["features", *common, "--splits", "train", "--flip"], threads)
+    mirroring = timed_captioner(["features", *common, "--splits", "train", "--flip"], threads)
     disk = folder_bytes(cache)
     limit = ["--limit", str(train_limit)] if train_limit else []  # the epoch's rate does not depend on N; its length does
-    train_seconds, train_peak = timed_captioner(["train", *common, *limit, "--output", str(run), "--epochs", "1", "--quiet", "--set", "min_count=1", "--set", "patience=1"], threads)
+    training = timed_captioner(["train", *common, *limit, "--output", str(run), "--epochs", "1", "--quiet", "--set", "min_count=1", "--set", "patience=1"], threads)
     history = json.loads((run / "history.json").read_text())[0]
     config = json.loads((run / "best" / "config.json").read_text())
     captions = config["training"]["captions"]
     photos = sorted((data / "images").glob("*.jpg"))
     return {
-        "photos": count, "made_seconds": made, "cache_photos_per_s": cached_rows / feature_seconds, "cache_peak_mib": feature_peak,
-        "flip_photos_per_s": config["training"]["images"] / flip_seconds, "flip_peak_mib": flip_peak,
+        "photos": count, "made_seconds": made, "cache_photos_per_s": cached_rows / caching.seconds, "cache_peak_mib": caching.peak_mib, "cache_anon_mib": caching.peak_anon_mib,
+        "flip_photos_per_s": config["training"]["images"] / mirroring.seconds, "flip_peak_mib": mirroring.peak_mib,
         "disk_bytes": disk, "disk_rows": cached_rows + config["training"]["images"],
-        "train_captions": captions, "epoch_train_seconds": history["train_seconds"], "train_command_seconds": train_seconds,
-        "captions_per_s": captions / history["train_seconds"], "train_peak_mib": train_peak,
+        "train_captions": captions, "epoch_train_seconds": history["train_seconds"], "train_command_seconds": training.seconds,
+        "captions_per_s": captions / history["train_seconds"], "train_peak_mib": training.peak_mib, "train_anon_mib": training.peak_anon_mib,
         "decode_per_core": decode_rate(photos[:200]),
     }
 
 
 def hours(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 600 else f"{seconds / 60:.1f} min"
 
 
 def project(result: dict, args: argparse.Namespace) -> list[str]:
@@ -103,8 +105,9 @@ def project(result: dict, args: argparse.Namespace) -> list[str]:
         f"  one epoch on this CPU: {COCO_TRAIN_CAPTIONS:,} captions / {result['captions_per_s']:.0f} a second = {hours(cpu_epoch)}",
         f"  one epoch on 1 GPU (assumed {args.gpu_train_speedup:g}x this CPU): {hours(gpu_epoch)}; "
         f"on {args.gpus} GPUs with DDP (assumed {args.ddp_efficiency:.0%} scaling): {hours(many_epoch)}",
-        f"  memory: caching peaks at {result['cache_peak_mib']:.0f} MiB and training at {result['train_peak_mib']:.0f} MiB at {result['photos']:,} photos "
-        "(features are memory-mapped, so the page cache, not the process, holds them)",
+        f"  memory at {result['photos']:,} photos: caching peaks at {result['cache_peak_mib']:.0f} MiB resident, {result['cache_anon_mib']:.0f} MiB of it the process's own; "
+        f"training at {result['train_peak_mib']:.0f} MiB resident, {result['train_anon_mib']:.0f} MiB its own (the rest: pages of the memory-mapped feature files, "
+        "which the kernel drops under pressure)",
     ]
     return lines
 
@@ -129,10 +132,10 @@ def main() -> None:
             result = simulate(root, count, args.threads, args.train_limit)
             results.append(result)
             print(f"{count:,} photos (made in {result['made_seconds']:.0f} s): caching {result['cache_photos_per_s']:.1f} photos/s "
-                  f"(peak {result['cache_peak_mib']:.0f} MiB), mirrored {result['flip_photos_per_s']:.1f} photos/s; "
+                  f"(peak {result['cache_peak_mib']:.0f} MiB, anonymous {result['cache_anon_mib']:.0f} MiB), mirrored {result['flip_photos_per_s']:.1f} photos/s; "
                   f"cache {result['disk_bytes'] / 2**20:.0f} MiB ({result['disk_bytes'] / result['disk_rows'] / 1024:.0f} KiB a row); "
                   f"epoch{limit_note}: {result['train_captions']:,} captions in {result['epoch_train_seconds']:.0f} s "
-                  f"({result['captions_per_s']:.0f}/s, command {result['train_command_seconds']:.0f} s, peak {result['train_peak_mib']:.0f} MiB); "
+                  f"({result['captions_per_s']:.0f}/s, command {result['train_command_seconds']:.0f} s, peak {result['train_peak_mib']:.0f} MiB, anonymous {result['train_anon_mib']:.0f} MiB); "
                   f"one core decodes {result['decode_per_core']:.0f} photos/s", flush=True)
         print("\n".join(project(results[-1], args)))
 

@@ -1,5 +1,5 @@
 """Synthetic photos and captions for the scale benchmarks, made here (nothing is downloaded), and a
-timer of `captioner` commands with their peak memory.
+timer of `captioner` commands with their peak memory (resident, and anonymous).
 
 Each photo is a few coloured shapes on a textured background, saved as a JPEG, so decoding costs
 what a real photo of that size costs; each gets five template captions naming its shapes.
@@ -7,10 +7,13 @@ what a real photo of that size costs; each gets five template captions naming it
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -68,15 +71,39 @@ def make_dataset(folder: Path, count: int, size: tuple[int, int] = (640, 480), q
     return pairs
 
 
-MEASURE = "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+class Measured(NamedTuple):
+    seconds: float
+    peak_mib: float  # peak resident memory, memory-mapped feature files included
+    peak_anon_mib: float  # peak anonymous memory: the process's own, without file pages the kernel can drop
 
 
-def timed_captioner(arguments: list[str], threads: int) -> tuple[float, float]:
-    """Seconds and peak resident memory (MiB) of one `captioner` command in its own process."""
-    command = [sys.executable, "-c", MEASURE, sys.executable, "-m", "captioner", "--threads", str(threads), *arguments]
+def _anonymous_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:  # gone, or not Linux
+        pass
+    return 0
+
+
+def timed_captioner(arguments: list[str], threads: int) -> Measured:
+    """Time and memory of one `captioner` command in its own process: peak RSS from the kernel's
+    accounting at exit, peak anonymous memory sampled every 50 ms from /proc (Linux)."""
+    command = [sys.executable, "-m", "captioner", "--threads", str(threads), *arguments]
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"captioner {' '.join(arguments)} failed: {result.stderr.strip()[-800:]}")
-    return seconds, int(result.stdout.strip().splitlines()[-1]) / 1024
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+        anonymous = 0
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            anonymous = max(anonymous, _anonymous_kib(process.pid))
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, with its resource usage
+        if process.returncode != 0:
+            errors.seek(0)
+            raise SystemExit(f"captioner {' '.join(arguments)} failed: {errors.read().decode(errors='replace').strip()[-800:]}")
+    return Measured(seconds, usage.ru_maxrss / 1024, anonymous / 1024)

@@ -18,6 +18,7 @@ from .encoders import PreprocessConfig, create_encoder, preprocess
 from .errors import CaptionerError
 from .images import ImageInput, load_image
 from .onnx_backend import check_backend, is_onnx_export, load_onnx_captioner
+from .word_repeats import once_groups
 
 DEFAULT_MODEL = "flickr8k-default"
 DEFAULT_BACKEND = "pytorch"  # for model folders; export folders run on onnxruntime
@@ -55,8 +56,8 @@ class Captioner:
         self.length_penalty = float(decoding.get("length_penalty", 1.0))
         self.no_repeat_ngram_size = int(decoding.get("no_repeat_ngram_size", 3))
         self._set_concepts(config.get("concepts") or {}, concept_detector)
-        # COCO's object names other than people's: a caption names each at most once
-        self.once_tokens = frozenset(index for word, index in self.vocabulary.stoi.items() if word in object_words())
+        # A caption says each word but function words once, in any form (see word_repeats)
+        self.once_groups = once_groups(self.vocabulary)
 
     def _set_concepts(self, settings: dict, detector: ConceptDetector | None = None) -> None:
         """Concept detection for tags, concept tokens and the person rule. A model trained without
@@ -98,6 +99,11 @@ class Captioner:
         self.penalty_columns = torch.tensor([c for c, _ in pairs], dtype=torch.long, device=self.device)  # (R,)
         self.penalty_tokens = torch.tensor([t for _, t in pairs], dtype=torch.long, device=self.device)  # (R,)
 
+    @property
+    def backend(self) -> str:
+        """pytorch, or onnxruntime where the decoder runs exported graphs."""
+        return getattr(self.decoder, "backend", "pytorch")
+
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str | None = None, backend: str | None = None) -> "Captioner":
         """Load a model folder written by `captioner train` (or shipped in the package), or an ONNX
@@ -134,7 +140,7 @@ class Captioner:
             max_length=max_length or self.decoder.config.max_length,
             length_penalty=self.length_penalty,
             no_repeat_ngram_size=self.no_repeat_ngram_size,
-            once=self.once_tokens,
+            once=self.once_groups,
         )
 
     def encode(self, images: Sequence[ImageInput]) -> Features:

@@ -81,21 +81,22 @@ def _decoded_batches(paths: list[Path], batch_size: int, pool: ThreadPoolExecuto
     """(photos read, error messages) per batch; the next batch decodes in `pool` while the caller
     captions this one, so the cores never wait on Pillow."""
     from .images import load_image
+    from .read_ahead import one_ahead
 
-    def submit(batch: list[Path]) -> list:
+    def start(batch: list[Path]) -> list:
         return [(path, pool.submit(load_image, path)) for path in batch]
 
-    batches = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
-    pending = submit(batches[0]) if batches else []
-    for number in range(len(batches)):
-        current, pending = pending, submit(batches[number + 1]) if number + 1 < len(batches) else []
+    def finish(pending: list) -> tuple[list, list[str]]:
         loaded, errors = [], []
-        for path, future in current:
+        for path, future in pending:
             try:
                 loaded.append((path, future.result()))
             except CaptionerError as error:
                 errors.append(str(error))
-        yield loaded, errors
+        return loaded, errors
+
+    batches = [paths[first : first + batch_size] for first in range(0, len(paths), batch_size)]
+    return one_ahead(batches, start, finish)
 
 
 def _photo_tags(captions) -> list:

@@ -5,7 +5,9 @@ Every decoder is built from a `DecoderConfig` and offers the same three calls:
     init_state(features)           -> a dict of tensors, batch first, for step-by-step decoding
     step(last_tokens, state)       -> logits (B, V) for the next word, and the new state
 so greedy, beam search and sampling (`decoding.py`) work with any of them. State tensors all
-have the batch on dim 0, which lets beam search reorder them with one `index_select` each.
+have the rows (images, then beams or samples) on dim 0, which lets the searches reorder them with
+one `index_select` each; what a decoder keeps once per image goes in an `ImageState`, which the
+reorderings leave alone.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from .concepts import SOURCE_PAD, Concepts
 from .config_checks import AT_LEAST_ONE, FRACTION_BELOW_ONE, NOT_NEGATIVE, ConfigError, check_fields
 from .errors import CheckpointError
 
-State = dict[str, torch.Tensor]
+State = dict[str, "torch.Tensor | ImageState"]
 SCORE_BUCKETS = 10  # concept confidences are embedded by tenths
 
 
@@ -72,6 +74,24 @@ DECODER_LIMITS = {
     "hidden_dim": AT_LEAST_ONE, "num_layers": AT_LEAST_ONE, "num_heads": AT_LEAST_ONE, "attention_dim": AT_LEAST_ONE,
     "dropout": FRACTION_BELOW_ONE, "max_length": AT_LEAST_ONE, "max_concepts": NOT_NEGATIVE,
 }
+
+
+class ImageState(dict):
+    """State kept once per image (name -> (N, ...)) while its rows (beams, samples) are reordered:
+    `index_select` leaves it as it is, and each row finds its image through the per-row `image`
+    entry of the state, so nothing is copied per beam."""
+
+    def index_select(self, dim: int, indices: torch.Tensor) -> "ImageState":
+        return self
+
+
+def image_blocks(image_of_row: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(the image of each block of rows (G,), rows a block): rows in equal consecutive blocks per
+    image, as the searches keep them, are one block per image; any other order, a block per row."""
+    images, counts = torch.unique_consecutive(image_of_row, return_counts=True)  # (G,), (G,)
+    if bool((counts == counts[0]).all()) and bool((images[1:] > images[:-1]).all()):
+        return images, int(counts[0])
+    return image_of_row, 1
 
 
 class FeatureProjection(nn.Module):
@@ -251,30 +271,35 @@ class TransformerDecoder(nn.Module):
         return x.view(batch, length, self.config.num_heads, width // self.config.num_heads).transpose(1, 2)  # (B, H, L, d)
 
     def init_state(self, features: Features) -> State:
-        """Cross-attention keys and values are computed once per image; self-attention ones grow
-        by one position per step (a key/value cache), so each step costs one token, not the prefix."""
+        """Cross-attention keys and values are computed once per image and kept once per image
+        (`per_image`, an `ImageState`); self-attention ones grow by one position per step (a
+        key/value cache), so each step costs one token, not the prefix."""
         memory, attend = self._memory(features)  # (B, M, D), (B, M) or None
-        width = self.config.embed_dim
-        state = {"position": torch.zeros(memory.shape[0], dtype=torch.long, device=memory.device)}
+        batch, width = memory.shape[0], self.config.embed_dim
+        per_image = ImageState()
         if attend is not None:
-            state["memory_mask"] = attend
+            per_image["memory_mask"] = attend
+        state = {"position": torch.zeros(batch, dtype=torch.long, device=memory.device), "image": torch.arange(batch, device=memory.device), "per_image": per_image}
         for index, layer in enumerate(self.layers.layers):
             attention = layer.multihead_attn
             keys = F.linear(memory, attention.in_proj_weight[width : 2 * width], attention.in_proj_bias[width : 2 * width])
             values = F.linear(memory, attention.in_proj_weight[2 * width :], attention.in_proj_bias[2 * width :])
-            state[f"cross_keys{index}"], state[f"cross_values{index}"] = self._heads(keys), self._heads(values)  # (B, H, M, d)
-            empty = memory.new_zeros(memory.shape[0], self.config.num_heads, 0, width // self.config.num_heads)
+            per_image[f"cross_keys{index}"], per_image[f"cross_values{index}"] = self._heads(keys), self._heads(values)  # (B, H, M, d)
+            empty = memory.new_zeros(batch, self.config.num_heads, 0, width // self.config.num_heads)
             state[f"self_keys{index}"], state[f"self_values{index}"] = empty, empty
         return state
 
     def step(self, last_tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        width = self.config.embed_dim
-        x = self.embedding(last_tokens)[:, None, :] * math.sqrt(width) + self.position(state["position"])[:, None, :]  # (B, 1, D)
-        new_state = {"position": state["position"] + 1}
-        memory_mask = state.get("memory_mask")
+        width, heads = self.config.embed_dim, self.config.num_heads
+        rows = last_tokens.shape[0]
+        x = self.embedding(last_tokens)[:, None, :] * math.sqrt(width) + self.position(state["position"])[:, None, :]  # (R, 1, D)
+        new_state = {"position": state["position"] + 1, "image": state["image"], "per_image": state["per_image"]}
+        images, per_block = image_blocks(state["image"])  # (G,): each block of rows attends to its image's memory
+        every_image = len(images) == len(state["per_image"]["cross_keys0"]) and bool((images == torch.arange(len(images), device=images.device)).all())
+        memory = {name: tensor if every_image else tensor.index_select(0, images) for name, tensor in state["per_image"].items()}  # (G, ...)
+        memory_mask = memory.get("memory_mask")
         if memory_mask is not None:
-            new_state["memory_mask"] = memory_mask
-            memory_mask = memory_mask[:, None, None, :]  # (B, 1, 1, M) True = attend
+            memory_mask = memory_mask[:, None, None, :]  # (G, 1, 1, M) True = attend
         for index, layer in enumerate(self.layers.layers):
             query, key, value = F.linear(layer.norm1(x), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, dim=-1)
             keys = torch.cat([state[f"self_keys{index}"], self._heads(key)], dim=2)  # (B, H, t, d)
@@ -283,11 +308,10 @@ class TransformerDecoder(nn.Module):
             attended = F.scaled_dot_product_attention(self._heads(query), keys, values)  # (B, H, 1, d)
             x = x + layer.self_attn.out_proj(attended.transpose(1, 2).reshape(x.shape))
             cross = layer.multihead_attn
-            query = F.linear(layer.norm2(x), cross.in_proj_weight[:width], cross.in_proj_bias[:width])
-            cross_keys, cross_values = state[f"cross_keys{index}"], state[f"cross_values{index}"]
-            new_state[f"cross_keys{index}"], new_state[f"cross_values{index}"] = cross_keys, cross_values
-            attended = F.scaled_dot_product_attention(self._heads(query), cross_keys, cross_values, attn_mask=memory_mask)
-            x = x + cross.out_proj(attended.transpose(1, 2).reshape(x.shape))
+            query = F.linear(layer.norm2(x), cross.in_proj_weight[:width], cross.in_proj_bias[:width])  # (R, 1, D)
+            query = query.view(len(images), per_block, heads, width // heads).transpose(1, 2)  # (G, H, rows a block, d)
+            attended = F.scaled_dot_product_attention(query, memory[f"cross_keys{index}"], memory[f"cross_values{index}"], attn_mask=memory_mask)  # (G, H, rows a block, d)
+            x = x + cross.out_proj(attended.transpose(1, 2).reshape(rows, 1, width))
             x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
         return self.output(self.layers.norm(x))[:, 0], new_state  # (B, V)
 

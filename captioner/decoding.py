@@ -8,7 +8,7 @@ log-probability: sum of log p(word) over the words and `<eos>`, divided by lengt
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ class DecodingOptions:
     length_penalty: float = 1.0  # 0: raw sum of log-probs; 1: mean log-prob per token
     no_repeat_ngram_size: int = 3  # 0 disables
     min_length: int = 1
-    once: frozenset[int] = frozenset()  # words a caption names at most once ("a sink and a sink")
+    once: dict[int, tuple[int, ...]] = field(default_factory=dict)  # a word said -> its forms, never said again ("a sink and sinks")
 
 
 def normalised_score(log_prob: float, length: int, length_penalty: float) -> float:
@@ -40,8 +40,8 @@ def _mask_logits(
     log_probs: torch.Tensor, prefixes: list[list[int]], step: int, options: DecodingOptions, banned: torch.Tensor | None = None, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """-inf for tokens never to emit (<pad>, <bos>, <unk>, and per row the `banned` ones (rows, V)),
-    <eos> before min_length, the previous word again, once-only words already said, and words that
-    would repeat an n-gram already in the prefix. `bias` (rows, V) is added first (a penalty on
+    <eos> before min_length, the previous word again, once-only words already said (in any form),
+    and words that would repeat an n-gram already in the prefix. `bias` (rows, V) is added first (a penalty on
     object words nothing in the photo supports)."""
     log_probs[:, [Vocabulary.pad_id, Vocabulary.bos_id, Vocabulary.unk_id]] = float("-inf")
     if bias is not None:
@@ -56,7 +56,7 @@ def _mask_logits(
         log_probs[:, Vocabulary.eos_id] = keep
     for row, prefix in enumerate(prefixes):
         if prefix:  # never the same word twice in a row, nor a once-only word again
-            log_probs[row, [prefix[-1], *(token for token in prefix if token in options.once)]] = float("-inf")
+            log_probs[row, [prefix[-1], *(form for token in prefix for form in options.once.get(token, ()))]] = float("-inf")
     n = options.no_repeat_ngram_size
     if n > 0 and step >= n - 1:
         for row, prefix in enumerate(prefixes):

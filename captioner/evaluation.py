@@ -80,8 +80,8 @@ def split_conditioning(captioner, cache_store, keys: list[str], batch_size: int 
     biases (N, V; None without an object penalty) and tags for cached images."""
     import torch
 
+    from .cached_decoding import batch_features
     from .concepts import Concepts
-    from .training import batch_features
 
     parts, banned, bias, tags = [], [], [], []
     rows = cache_store.rows(keys)
@@ -132,11 +132,11 @@ def evaluate_model(
     from pathlib import Path
 
     from .api import Captioner
+    from .cached_decoding import decode_split
     from .chair import chair, ground_truth
     from .checkpoint import METRICS as METRICS_FILE, atomic_write_json
     from .datasets import load_dataset
     from .features import feature_cache, records_with_features
-    from .training import decode_split
 
     require_java()  # before any work: scoring is the last step
     captioner = Captioner.load(model, device) if model else Captioner.from_pretrained(device=device)

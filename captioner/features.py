@@ -42,6 +42,7 @@ from .devices import resolve_device
 from .encoders import ImageEncoder, PreprocessConfig, create_encoder, preprocess
 from .errors import CaptionerError, ImageError
 from .images import load_image
+from .read_ahead import one_ahead
 
 FORMAT_VERSION = 2  # 2: keyed by producer, flip rows for the train split only, unreadable photos marked
 TO_DO, WRITTEN, UNREADABLE = 0, 1, 2  # done.u8 values
@@ -384,15 +385,9 @@ def _loader_batches(paths, todo: np.ndarray, batch_size: int, config: Preprocess
 def _threaded_batches(paths, todo: np.ndarray, batch_size: int, config: PreprocessConfig, flip: bool) -> Iterator[DecodedBatch]:
     """Batches decoded by one thread, the next while the caller encodes this one."""
     dataset = PhotoRows(paths, todo, config, flip)
-    starts = range(0, len(todo), batch_size)
 
-    def decode(start: int) -> DecodedBatch:
-        return _collate([dataset[index] for index in range(start, min(start + batch_size, len(todo)))])
+    def decode(first: int) -> DecodedBatch:
+        return _collate([dataset[index] for index in range(first, min(first + batch_size, len(todo)))])
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(decode, starts[0]) if starts else None
-        for number in range(len(starts)):
-            batch = pending.result()
-            if number + 1 < len(starts):
-                pending = pool.submit(decode, starts[number + 1])
-            yield batch
+        yield from one_ahead(range(0, len(todo), batch_size), lambda first: pool.submit(decode, first), lambda future: future.result())

@@ -112,6 +112,8 @@ class OnnxDecoder(nn.Module):
     searches of `decoding.py` use it like any decoder. State: per-row tensors by name, plus
     `PerImage` under PER_IMAGE_STATE."""
 
+    backend = "onnxruntime"  # what `Captioner.backend` reports
+
     def __init__(self, config: DecoderConfig, prepare, step, per_image: list[str]):
         super().__init__()
         self.config = config

@@ -80,6 +80,7 @@ class _TransformerPrepare(nn.Module):
 
     def forward(self, grid: torch.Tensor, pooled: torch.Tensor, *concepts: torch.Tensor) -> tuple[torch.Tensor, ...]:
         state = self.decoder.init_state(Features(grid, pooled, Concepts(*concepts) if concepts else None))
+        state.update(state.pop("per_image"))  # the graphs name each per-image tensor
         batch, heads, slots, head_dim = state["cross_keys0"].shape
         state["memory_bias"] = pooled.new_zeros(batch, 1, 1, slots)
         if "memory_mask" in state:  # (B, M) True = attend

@@ -28,7 +28,8 @@ from .concept_training import ConceptMatcher, ConceptSetup, TextExamples, fit_co
 from .concepts import ConceptTable, concept_word_ids, imagenet_head, to_concepts
 from .datasets import CaptionDataset, load_dataset
 from .decoders import DecoderConfig, Features, caption_loss, create_decoder
-from .decoding import DecodingOptions, beam_search, greedy, sample
+from .cached_decoding import batch_features, decode_split
+from .decoding import DecodingOptions, sample
 from .devices import autocast as precision_context
 from .devices import mixed_precision_dtype, resolve_device
 from .distributed import ProcessGroup, join, share_weight
@@ -113,20 +114,6 @@ TRAINING_LIMITS = {
 }
 
 
-def batch_features(cache: FeatureCache, rows: np.ndarray, device: torch.device, flip_cache: FeatureCache | None = None, flip_rows: np.ndarray | None = None) -> Features:
-    """Features of `cache` rows (B,) on `device`. Where `flip_rows` (B,) is >= 0, that row of
-    `flip_cache` (the mirrored photo) is read instead: each row is read from the one copy it uses."""
-    grid = np.empty((len(rows), *cache.grid.shape[1:]), dtype=np.float16)  # (B, G, C)
-    pooled = np.empty((len(rows), cache.pooled.shape[1]), dtype=np.float16)  # (B, C)
-    mirrored = flip_rows >= 0 if flip_rows is not None else np.zeros(len(rows), dtype=bool)
-    for source, source_rows, positions in ((cache, rows, np.flatnonzero(~mirrored)), (flip_cache, flip_rows, np.flatnonzero(mirrored))):
-        if len(positions):
-            positions = positions[np.argsort(source_rows[positions])]  # memmap reads are fastest in file order
-            grid[positions] = source.grid[source_rows[positions]]
-            pooled[positions] = source.pooled[source_rows[positions]]
-    return Features(torch.from_numpy(grid).to(device).float(), torch.from_numpy(pooled).to(device).float())
-
-
 def pad_batch(sequences: list[list[int]], vocabulary: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
     """Caption ids -> (inputs `<bos> w1..wn`, targets `w1..wn <eos>`), both (B, T), padded with <pad>."""
     length = max(len(ids) for ids in sequences) + 1
@@ -163,30 +150,6 @@ def make_optimizer(decoder: torch.nn.Module, config: TrainingConfig) -> torch.op
         (decay if parameter.ndim >= 2 and "embedding" not in name and "position" not in name else no_decay).append(parameter)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.98))
-
-
-def decode_split(
-    decoder, cache: FeatureCache, keys: list[str], device: torch.device, beam_size: int, options: DecodingOptions,
-    batch_size: int = 100, concepts=None, banned: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-) -> list[list[int]]:
-    """Best caption ids per key; `concepts` (aligned with keys), `banned` (N, V) tokens and a
-    log-probability `bias` (N, V) when the model uses them."""
-    decoder.eval()
-    rows = cache.rows(keys)
-    results = []
-    for start in range(0, len(rows), batch_size):
-        features = batch_features(cache, rows[start : start + batch_size], device)
-        if concepts is not None:
-            index = torch.arange(start, min(start + batch_size, len(rows)))
-            features = features._replace(concepts=concepts.index_select(index).to(device))
-        ban = banned[start : start + batch_size] if banned is not None else None
-        offset = bias[start : start + batch_size] if bias is not None else None
-        if beam_size == 1:
-            hypotheses = greedy(decoder, features, options, banned=ban, bias=offset)
-        else:
-            hypotheses = beam_search(decoder, features, beam_size=beam_size, options=options, banned=ban, bias=offset)
-        results.extend(best[0].tokens for best in hypotheses)
-    return results
 
 
 def self_critical_loss(decoder, features: Features, keys: list[str], reward: CiderD, vocabulary: Vocabulary, samples_per_image: int, max_length: int, autocast, model: torch.nn.Module | None = None) -> tuple[torch.Tensor, float]:

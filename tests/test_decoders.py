@@ -28,6 +28,24 @@ def test_step_matches_teacher_forcing(kind):
             assert torch.allclose(logits, full[:, t], atol=1e-4), f"step {t} differs"
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rows", [[0, 0, 1, 1, 2, 2], [2, 2, 2, 0, 0, 0], [2, 0, 0, 1], [1, 2, 2, 2]], ids=["blocks", "blocks-reversed", "mixed", "unequal"])
+def test_reordered_rows_step_like_their_images(kind, rows):
+    """Beams and samples are rows reordered with index_select (a Transformer keeps its image
+    memory once per image); every row's logits must be its own image's, in any order."""
+    decoder = tiny_decoder(kind)
+    features = random_features(3)
+    tokens = torch.tensor([[1, 5, 6], [1, 8, 9], [1, 4, 7]])
+    indices = torch.tensor(rows)
+    with torch.no_grad():
+        full = decoder(features, tokens)  # (3, T, V)
+        state = decoder.init_state(features)
+        state = {name: value.index_select(0, indices) for name, value in state.items()}
+        for t in range(tokens.shape[1]):
+            logits, state = decoder.step(tokens[indices, t], state)  # (R, V)
+            assert torch.allclose(logits, full[indices, t], atol=1e-4), f"step {t} differs"
+
+
 def test_loss_ignores_padding():
     logits = torch.randn(2, 4, 10)
     targets = torch.tensor([[5, 6, 2, 0], [7, 2, 0, 0]])

@@ -99,7 +99,7 @@ def test_bias_is_added_and_immediate_repeats_and_once_words_are_banned():
 
     bias = torch.zeros(2, 10)
     bias[:, 5] = -2.0  # an unsupported object word
-    options = DecodingOptions(no_repeat_ngram_size=0, once=frozenset({8}))
+    options = DecodingOptions(no_repeat_ngram_size=0, once={8: (8,)})
     log_probs = _mask_logits(torch.zeros(2, 10), [[4], [8, 6]], step=2, options=options, bias=bias)
     assert log_probs[0, 5] == -2.0 and log_probs[0, 6] == 0.0
     assert log_probs[0, 4] == float("-inf")  # the previous word again
@@ -165,3 +165,23 @@ def test_length_penalty_decides_between_a_short_and_a_long_caption(length_penalt
     for hypothesis in results:
         probability = 0.6 if hypothesis.tokens == [4] else 0.4
         assert hypothesis.score == pytest.approx(math.log(probability) / (len(hypothesis.tokens) + 1) ** length_penalty, abs=1e-4)
+
+
+def test_words_but_function_words_are_said_once_in_any_form():
+    from captioner.decoding import DecodingOptions, _mask_logits
+    from captioner.vocabulary import Vocabulary
+    from captioner.word_repeats import once_groups
+
+    vocabulary = Vocabulary(["a", "and", "in", "chair", "chairs", "black", "shirt", "plate", "men", "man"])
+    ids = vocabulary.stoi
+    groups = once_groups(vocabulary)
+    assert set(groups[ids["chair"]]) == set(groups[ids["chairs"]]) == {ids["chair"], ids["chairs"]}
+    assert set(groups[ids["men"]]) == {ids["man"], ids["men"]}
+    assert ids["a"] not in groups and ids["and"] not in groups and ids["in"] not in groups
+    options = DecodingOptions(no_repeat_ngram_size=0, once=groups)
+    prefixes = [[ids["a"], ids["chair"], ids["and"], ids["a"]], [ids["a"], ids["black"], ids["shirt"], ids["and"]]]
+    log_probs = _mask_logits(torch.zeros(2, len(vocabulary)), prefixes, step=4, options=options)
+    assert log_probs[0, ids["chairs"]] == float("-inf") and log_probs[0, ids["chair"]] == float("-inf")  # "a chair and a chairs"
+    assert log_probs[0, ids["plate"]] == 0.0 and log_probs[0, ids["man"]] == 0.0
+    assert log_probs[1, ids["black"]] == float("-inf") and log_probs[1, ids["shirt"]] == float("-inf")  # "a black shirt and black shirt"
+    assert log_probs[1, ids["a"]] == 0.0 and log_probs[1, ids["in"]] == 0.0  # function words come again

@@ -11,7 +11,7 @@ from captioner.encoders import PreprocessConfig
 from captioner.errors import CaptionerError
 from captioner.features import UNREADABLE, FeatureCache, feature_cache, records_with_features
 from captioner.images import load_image
-from captioner.training import batch_features
+from captioner.cached_decoding import batch_features
 
 
 def test_cache_matches_encoder_and_resumes(tmp_path, encoder, example_photos):

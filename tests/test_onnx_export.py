@@ -185,5 +185,7 @@ def test_the_server_runs_an_export_folder(export_folder, shipped_captioner):
     photo = EXAMPLES / "coffee.jpg"
     with TestClient(create_app(Settings(model_path=export_folder, backend="onnxruntime"))) as client:
         response = client.post("/api/captions", files={"image": ("coffee.jpg", photo.read_bytes(), "image/jpeg")})
+        model = client.get("/api/model").json()
     assert response.status_code == 200, response.text
+    assert (model["device"], model["backend"]) == ("cpu", "onnxruntime")
     assert response.json()["captions"][0]["text"] == shipped_captioner.caption(photo)[0].text

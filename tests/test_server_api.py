@@ -209,6 +209,7 @@ def test_model_info(client):
     assert body["decoder"]["kind"] == captioner.decoder.config.kind
     assert body["vocabulary_size"] == len(captioner.vocabulary)
     assert body["metrics"] == captioner.metrics
+    assert (body["device"], body["backend"]) == ("cpu", "pytorch")
 
 
 def test_health_and_limits(client):

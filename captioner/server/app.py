@@ -470,7 +470,7 @@ async def model_info(request: Request, captioner: CaptionerDependency) -> schema
     return schemas.ModelInfo(
         name=captioner.name, encoder=captioner.config["encoder"],
         decoder=schemas.DecoderInfo(kind=decoder.pop("kind"), parameters=decoder),
-        vocabulary_size=len(captioner.vocabulary), device=str(captioner.device), metrics=request.app.state.model_metrics,
+        vocabulary_size=len(captioner.vocabulary), device=str(captioner.device), backend=captioner.backend, metrics=request.app.state.model_metrics,
     )
 
 

@@ -73,6 +73,7 @@ class ModelInfo(BaseModel):
     decoder: DecoderInfo
     vocabulary_size: int
     device: str = Field(description="Where the model runs: cpu, or cuda:N.")
+    backend: str = Field(description="What runs it: pytorch, or onnxruntime.")
     metrics: dict = Field(description="Test-split scores from the model's metrics.json; empty if it was never evaluated.")
 
 
