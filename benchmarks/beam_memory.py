@@ -1,9 +1,10 @@
 """Beam search with the Transformer's image memory (cross-attention keys and values) kept once per
 image, against the previous code's copy per beam, alternating in one run on the shipped model.
 
-Photos: the bundled examples, repeated to fill a batch. The previous code is rebuilt here as `CopiedPerBeam`: the same decoder with its per-image state
-moved into the per-row state, so every reordering of the beams copies it (as before this change).
-Both must give the same captions; the script checks that before timing.
+Photos: the bundled examples, repeated to fill a batch. The previous code is rebuilt here as
+`CopiedPerBeam`: the same decoder with its per-image state moved into the per-row state, so every
+reordering of the beams copies it (as before this change). Both must give the same captions; the
+script counts them before timing.
 
     python benchmarks/beam_memory.py [--threads 2] [--repeats 15] [--batch 32 1]
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-
 from pathlib import Path
 
 import torch

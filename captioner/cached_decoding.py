@@ -24,7 +24,6 @@ def batch_features(cache: FeatureCache, rows: np.ndarray, device: torch.device, 
     return Features(torch.from_numpy(grid).to(device).float(), torch.from_numpy(pooled).to(device).float())
 
 
-
 def decode_split(
     decoder, cache: FeatureCache, keys: list[str], device: torch.device, beam_size: int, options: DecodingOptions,
     batch_size: int = 100, concepts=None, banned: torch.Tensor | None = None, bias: torch.Tensor | None = None,

@@ -86,10 +86,11 @@ class ImageState(dict):
 
 
 def image_blocks(image_of_row: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(the image of each block of rows (G,), rows a block): rows in equal consecutive blocks per
-    image, as the searches keep them, are one block per image; any other order, a block per row."""
+    """(the image of each block of rows (G,), rows a block): rows in equal consecutive blocks, one
+    per image, as the searches keep them, are one block per image; any other order, a block per row.
+    The PyTorch step and the ONNX Runtime one (`onnx_backend.PerImage`) group rows with it."""
     images, counts = torch.unique_consecutive(image_of_row, return_counts=True)  # (G,), (G,)
-    if bool((counts == counts[0]).all()) and bool((images[1:] > images[:-1]).all()):
+    if bool((counts == counts[0]).all()) and len(images.unique()) == len(images):
         return images, int(counts[0])
     return image_of_row, 1
 

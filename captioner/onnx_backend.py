@@ -23,7 +23,7 @@ from torch import nn
 from .checkpoint import CONCEPTS, CONFIG, PERSON_BY_CLASS, VOCABULARY, check_model_config
 from .concepts import MAX_CONCEPT_WORDS, SOURCE_PAD, ConceptDetector, ConceptTable, Concepts
 from .config_checks import ConfigError
-from .decoders import DecoderConfig, Features, State
+from .decoders import DecoderConfig, Features, State, image_blocks
 from .devices import DEVICE_ENVIRONMENT_VARIABLE, resolve_device
 from .encoders import PreprocessConfig
 from .errors import CaptionerError, CheckpointError
@@ -96,9 +96,7 @@ class PerImage:
         """The per-image inputs of a step, one entry per group of rows: rows that come in equal
         blocks per image (as beam search and sampling keep them) are one group per image; any
         other order, one group per row."""
-        images, counts = torch.unique_consecutive(self.image_of_row, return_counts=True)  # (G,), (G,)
-        if len(images.unique()) < len(images) or bool((counts != counts[0]).any()):  # not in blocks: a group per row
-            images = self.image_of_row
+        images, _ = image_blocks(self.image_of_row)  # (G,)
         key = images.tolist()
         if self._gathered.get("key") != key:  # a new selection: the first step, or images finished and left
             every_image = key == list(range(self.images))

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from captioner.cached_decoding import batch_features
 from captioner.datasets import CaptionDataset, ImageRecord
 from captioner.encoders import PreprocessConfig
 from captioner.errors import CaptionerError
 from captioner.features import UNREADABLE, FeatureCache, feature_cache, records_with_features
 from captioner.images import load_image
-from captioner.cached_decoding import batch_features
 
 
 def test_cache_matches_encoder_and_resumes(tmp_path, encoder, example_photos):

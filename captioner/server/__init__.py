@@ -15,7 +15,7 @@ def serve(host: str = "127.0.0.1", port: int = 5000, model: str | None = None, m
     import uvicorn
 
     try:
-        settings = Settings(model_path=model, max_upload_bytes=int(max_upload_mb * MB), backend=backend, **({"device": device} if device else {}))
+        settings = Settings(model_path=model, max_upload_bytes=int(max_upload_mb * MB), device=device, backend=backend)
     except ValidationError:
         raise CaptionerError(f"--max-upload-mb must be a positive number, got {max_upload_mb}") from None
     resolve_device(settings.device)  # a missing GPU is refused in one line before uvicorn starts

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..api import Captioner
-from ..devices import DEVICE_ENVIRONMENT_VARIABLE
 from ..encoders import PreprocessConfig, shrink_large
 from ..errors import CaptionerError, ImageError
 from ..images import MAX_PIXELS, TooManyPixelsError, load_image, open_header
@@ -74,10 +72,7 @@ class Settings(BaseModel):
     read_timeout: float = Field(10.0, gt=0, description="Seconds a client may send nothing in the middle of an upload; then 408.")
     batch_wait_ms: float = Field(0.0, ge=0, le=1000, description="Dynamic batching: how long a photo waits for others to be captioned with it (0: an idle server starts at once; under load photos gather while the threads are busy).")
     max_batch: int = Field(8, ge=1, le=64, description="Dynamic batching: most photos captioned together (1 turns batching off).")
-    device: str = Field(
-        default_factory=lambda: os.environ.get(DEVICE_ENVIRONMENT_VARIABLE, "auto"),
-        description="auto (a CUDA GPU when present), cpu, cuda or cuda:N; default from CAPTIONER_DEVICE, else auto.",
-    )
+    device: str | None = Field(None, description="auto (a CUDA GPU when present), cpu, cuda or cuda:N; None: CAPTIONER_DEVICE, else auto.")
     backend: str | None = Field(None, description="pytorch or onnxruntime (the CPU; a model folder is exported in memory at load); None: onnxruntime for an ONNX export folder, else pytorch.")
     upload_memory: int | None = Field(None, gt=0, description="Bytes of uploads held at once, received or waiting; None: room for 2 x queue_size full uploads. Past it, 503.")
 
