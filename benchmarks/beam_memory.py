@@ -59,7 +59,7 @@ def main() -> None:
     photos = sorted(EXAMPLES.glob("*.jpg"))
     for batch in args.batch:
         with torch.inference_mode():
-            features, banned, bias, _ = captioner.conditioning(captioner.encode([photos[i % len(photos)] for i in range(batch)]))
+            features, banned, bias, *_ = captioner.conditioning(captioner.encode([photos[i % len(photos)] for i in range(batch)]))
         captions = {name: [h[0].tokens for h in beam_search(decoder, features, args.beam_size, 1, options, banned, bias)] for name, decoder in decoders.items()}
         same = sum(a == b for a, b in zip(*captions.values()))
         times = {name: [] for name in decoders}

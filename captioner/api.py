@@ -4,20 +4,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
 from .chair import coco_categories, object_words
 from .checkpoint import load_concept_detector, load_model, read_metrics
-from .concepts import PERSON_WORDS, SOURCE_IMAGENET, ConceptDetector, ConceptTable, Tag, animal_words, concept_inputs, concept_word_ids, imagenet_head, singular, tags_from_probabilities
+from .concepts import PERSON_WORDS, SOURCE_IMAGENET, WORN_WORDS, ConceptDetector, ConceptTable, Tag, animal_words, concept_inputs, concept_word_ids, imagenet_head, singular, tags_from_probabilities
 from .decoders import Features
 from .devices import resolve_device
-from .decoding import DecodingOptions, Hypothesis, beam_search, greedy, sample
+from .colour import COLOUR_SATURATION, saturation
+from .decoding import Constraints, DecodingOptions, Hypothesis, Phrases, beam_search, greedy, sample
 from .encoders import PreprocessConfig, create_encoder, preprocess
 from .errors import CaptionerError
 from .images import ImageInput, load_image
 from .onnx_backend import check_backend, is_onnx_export, load_onnx_captioner
+from .subject import Subject, SubjectRule, SubjectSettings, render
 from .word_repeats import once_groups
 
 DEFAULT_MODEL = "flickr8k-default"
@@ -31,6 +33,25 @@ class Caption:
     tags: list[Tag] = field(default_factory=list)  # the photo's visual concepts, most probable first
 
 TAG_THRESHOLD, TAG_TOP_K = 0.3, 10  # defaults for models that do not set their own
+ANIMAL_PHOTO = 0.5  # ImageNet's animal probability above which a photo is of an animal
+BLACK_AND_WHITE = (("black", "and", "white"), ("white", "and", "black"))
+BLACK_AND_WHITE_FLOOR = 0.5  # detector probability of "black" and of "white" that lets a colour photo show a black and white thing
+A_BLACK_AND_WHITE_PHOTO = tuple((*phrase, noun) for phrase in BLACK_AND_WHITE for noun in ("photo", "picture", "image", "photograph"))
+
+
+class Conditioning(NamedTuple):
+    """What decoding a batch needs besides the image (see `Captioner.conditioning`)."""
+
+    features: Features  # with concept tokens for models that read them
+    banned: torch.Tensor  # (B, V) bool: words each caption must not use
+    bias: torch.Tensor | None  # (B, V) added to the log-probabilities; None without an object penalty
+    tags: list[list[Tag]]
+    subjects: list[Subject | None]  # per image, the concept its caption must name
+    banned_phrases: Phrases  # per image, word sequences never to complete ("black and white" on a colour photo)
+
+    @property
+    def constraints(self) -> Constraints:
+        return [[subject.writing.tokens] if subject else [] for subject in self.subjects]
 
 
 def pretrained_path(name: str = DEFAULT_MODEL) -> Path:
@@ -56,6 +77,13 @@ class Captioner:
         self.length_penalty = float(decoding.get("length_penalty", 1.0))
         self.no_repeat_ngram_size = int(decoding.get("no_repeat_ngram_size", 3))
         self._set_concepts(config.get("concepts") or {}, concept_detector)
+        self.subject_settings = SubjectSettings.from_dict(config.get("subject"))
+        self.subject_rule = SubjectRule(self.concept_detector.table, vocabulary, self.subject_settings)
+        known = lambda phrases: [tuple(self.vocabulary.stoi[word] for word in phrase) for phrase in phrases if all(word in self.vocabulary.stoi for word in phrase)]  # noqa: E731
+        self.black_and_white, self.black_and_white_photo = known(BLACK_AND_WHITE), known(A_BLACK_AND_WHITE_PHOTO)
+        words = self.concept_detector.words
+        self.colour_columns = [words.index(word) for word in ("black", "white") if word in words]
+        self.colour_floor = BLACK_AND_WHITE_FLOOR
         # A caption says each word but function words once, in any form (see word_repeats)
         self.once_groups = once_groups(self.vocabulary)
 
@@ -72,17 +100,17 @@ class Captioner:
         self.tag_threshold = float(settings.get("tag_threshold", TAG_THRESHOLD))
         self.concept_word_ids = concept_word_ids(detector.words, self.vocabulary).to(self.device)  # (W, L)
         self.concept_sources = torch.tensor(detector.sources, device=self.device)  # (W,)
-        person_ids = [index for word, index in self.vocabulary.stoi.items() if word in PERSON_WORDS]
+        person_ids = [index for word, index in self.vocabulary.stoi.items() if word in PERSON_WORDS or word in WORN_WORDS]  # no person, no clothes
         self.person_tokens = torch.zeros(len(self.vocabulary), dtype=torch.bool, device=self.device)
         self.person_tokens[person_ids] = True
         # Words named only with evidence: each vocabulary form ("dog", "dogs") and its concept column
         self.guard_floor = float(settings.get("guard_floor", 0.02))
         column = {word: index for index, word in enumerate(detector.words)}
         evidence_of = {word: column[word] for word in set(settings.get("guarded_words", [])) & set(column)}
-        for word in list(evidence_of):  # every name of it: a guarded "dog" is no "puppy" either
+        for word in list(evidence_of):  # every name of it without evidence of its own: a guarded "dog" is no "puppy" either
             for names in coco_categories().values():
                 if word in names:
-                    evidence_of.update({name: column[word] for name in names if " " not in name})
+                    evidence_of.update({name: column[word] for name in names if " " not in name and name not in column})
         pairs = [(evidence_of[token], index) for token, index in self.vocabulary.stoi.items() if token in evidence_of]
         pairs += [(evidence_of[singular(token)], index) for token, index in self.vocabulary.stoi.items() if token not in evidence_of and singular(token) in evidence_of]
         self.guard_columns = torch.tensor([c for c, _ in pairs], dtype=torch.long, device=self.device)  # (P,)
@@ -91,6 +119,8 @@ class Captioner:
         self.animal_floor = float(settings.get("animal_floor", 0.0))
         animals = animal_words(detector.table)
         self.animal_tokens = torch.tensor([index for token, index in self.vocabulary.stoi.items() if singular(token) in animals], dtype=torch.long, device=self.device)
+        # On an animal photo, an animal word ImageNet sees no trace of is another animal ("a squirrel called a cat")
+        self.animal_columns = torch.tensor([column.get(singular(self.vocabulary.itos[t]), -1) for t in self.animal_tokens.tolist()], dtype=torch.long, device=self.device)  # (A,)
         # Object penalty: COCO object words (people aside) ImageNet sees no trace of lose this much log-probability
         self.object_penalty = float(settings.get("object_penalty", 0.0))
         imagenet_words = {word: index for index, (word, source) in enumerate(zip(detector.words, detector.sources)) if source == SOURCE_IMAGENET}
@@ -144,9 +174,15 @@ class Captioner:
         )
 
     def encode(self, images: Sequence[ImageInput]) -> Features:
-        """Images -> encoder features (grid (B, G, C), pooled (B, C))."""
-        pixels = torch.stack([preprocess(load_image(image), self.preprocess_config) for image in images]).to(self.device)  # (B, 3, S, S)
-        return Features(*self.encoder(pixels))
+        """Images -> encoder features (grid (B, G, C), pooled (B, C)) and each photo's colour saturation."""
+        pixels = torch.stack([preprocess(load_image(image), self.preprocess_config) for image in images])  # (B, 3, S, S)
+        return self.encode_pixels(pixels)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> Features:
+        """Preprocessed pixels (B, 3, S, S) -> encoder features and each photo's colour saturation."""
+        pixels = pixels.to(self.device)
+        grid, pooled = self.encoder(pixels)
+        return Features(grid, pooled, saturation=saturation(pixels, self.preprocess_config.mean, self.preprocess_config.std))
 
     def detect(self, features: Features) -> tuple[torch.Tensor, torch.Tensor]:
         """Concept probabilities (B, W) over `concept_detector.words`, and which of them may be
@@ -165,28 +201,38 @@ class Captioner:
         results = [tags for start in range(0, len(batch), batch_size) for tags in self.tags_from_features(self.encode(batch[start : start + batch_size]), threshold, top_k)]
         return results[0] if single else results
 
-    def conditioning(self, features: Features) -> tuple[Features, torch.Tensor, torch.Tensor | None, list[list[Tag]]]:
+    def conditioning(self, features: Features) -> Conditioning:
         """What decoding needs besides the image: the features with concept tokens (for models
-        with a concept path), the tokens each image's caption must not use (B, V), what to add to
-        the log-probabilities of its words (B, V: minus the object penalty; None without one) and the tags."""
+        with a concept path), the words each caption must not use, the penalty on unsupported
+        object words, the tags, the subject each caption must name and the phrases it must not say."""
         probabilities, allowed = self.detect(features)
         tags = tags_from_probabilities(probabilities * allowed, self.concept_detector.words, self.tag_threshold, TAG_TOP_K)
         person_allowed = allowed.all(dim=1)  # (B,) only person words are ever disallowed
         banned = self.person_tokens[None, :] & ~person_allowed[:, None]  # (B, V)
         if len(self.guard_tokens):
             banned[:, self.guard_tokens] |= probabilities[:, self.guard_columns] < self.guard_floor  # (B, P)
+        animal = self.concept_detector.animal_probability(features.pooled)  # (B,)
         if self.animal_floor > 0 and len(self.animal_tokens):
-            no_animal = self.concept_detector.animal_probability(features.pooled) < self.animal_floor  # (B,)
-            banned[:, self.animal_tokens] |= no_animal[:, None]
+            banned[:, self.animal_tokens] |= (animal < self.animal_floor)[:, None]
+            # an animal photo: only the animals ImageNet sees a trace of
+            support = torch.where(self.animal_columns >= 0, probabilities[:, self.animal_columns.clamp(min=0)], torch.zeros_like(probabilities[:, :1]))  # (B, A)
+            banned[:, self.animal_tokens] |= (animal >= ANIMAL_PHOTO)[:, None] & (support < self.guard_floor)
         bias = None
         if self.object_penalty > 0 and len(self.penalty_tokens):
             unsupported = probabilities[:, self.penalty_columns] < self.guard_floor  # (B, R)
             bias = torch.zeros(banned.shape, device=self.device)
             bias[:, self.penalty_tokens] = -self.object_penalty * unsupported.float()
+        people = person_allowed if self.person_threshold > 0 else None  # a person is likely (models without a person rule: unknown)
+        subjects = self.subject_rule(probabilities, allowed, banned, people) if self.subject_settings.enabled else [None] * len(banned)
+        colourful = features.saturation > COLOUR_SATURATION if features.saturation is not None else torch.zeros(len(banned), dtype=torch.bool)
+        # a colour photo is no black and white photo; a thing in it is black and white only where the detectors see both colours
+        both = probabilities[:, self.colour_columns].min(dim=1).values >= self.colour_floor if len(self.colour_columns) == 2 else torch.zeros_like(colourful)  # (B,)
+        banned_phrases = [(list(self.black_and_white_photo) if seen else list(self.black_and_white)) if colour else []
+                          for colour, seen in zip(colourful.tolist(), both.tolist())]
         if getattr(self.decoder.config, "max_concepts", 0):
             concepts = concept_inputs(probabilities, self.concept_word_ids, self.concept_sources, allowed, self.decoder.config.max_concepts, self.concept_min_score)
             features = features._replace(concepts=concepts)
-        return features, banned, bias, tags
+        return Conditioning(features, banned, bias, tags, subjects, banned_phrases)
 
     def generate(
         self, features: Features, beam_size: int = 3, num_captions: int = 1, sampling: bool = False,
@@ -199,18 +245,20 @@ class Captioner:
         if not 1 <= num_captions <= most:
             raise CaptionerError(f"number of captions must be between 1 and {most}, got {num_captions}")
         options = self.decoding_options()
-        features, banned, bias, tags = self.conditioning(features)
-        if sampling:
+        given = self.conditioning(features)
+        features, banned, bias, phrases = given.features, given.banned, given.bias, given.banned_phrases
+        if sampling:  # samples are free: no subject to name
             generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-            results = sample(self.decoder, features, num_captions, temperature, top_p, options, generator, banned, bias)
-        elif beam_size == 1:
-            results = greedy(self.decoder, features, options, banned, bias)
+            results = sample(self.decoder, features, num_captions, temperature, top_p, options, generator, banned, bias, phrases)
+        elif beam_size == 1 and not any(given.subjects):
+            results = greedy(self.decoder, features, options, banned, bias, phrases)
         else:
-            results = beam_search(self.decoder, features, beam_size, num_captions, options, banned, bias)
-        return [[self._caption(hypothesis, image_tags) for hypothesis in hypotheses] for hypotheses, image_tags in zip(results, tags)]
+            results = beam_search(self.decoder, features, beam_size, num_captions, options, banned, bias, given.constraints, self.subject_settings.margin, phrases)
+        return [[self._caption(hypothesis, image_tags, subject) for hypothesis in hypotheses] for hypotheses, image_tags, subject in zip(results, given.tags, given.subjects)]
 
-    def _caption(self, hypothesis: Hypothesis, tags: list[Tag]) -> Caption:
-        return Caption(self.vocabulary.decode(hypothesis.tokens), round(hypothesis.score, 4), tags)
+    def _caption(self, hypothesis: Hypothesis, tags: list[Tag], subject: Subject | None = None) -> Caption:
+        renames = subject.writing.renames if subject else None
+        return Caption(render(self.vocabulary, hypothesis.tokens, renames, self.subject_rule.compounds), round(hypothesis.score, 4), tags)
 
     def caption(self, images: ImageInput | Sequence[ImageInput], beam_size: int = 3, num_captions: int = 1, batch_size: int = 8, **generate_options) -> list[Caption] | list[list[Caption]]:
         """Caption one image (returns its n-best list) or a list of images (a list of n-best lists).

@@ -154,6 +154,12 @@ def check_model_config(config: dict, where: Path) -> None:
     for key, limit in (("min_score", PROBABILITY), ("person_threshold", PROBABILITY), ("tag_threshold", PROBABILITY), ("guard_floor", PROBABILITY), ("animal_floor", PROBABILITY), ("object_penalty", Limit(0, 100)), ("hidden_dim", AT_LEAST_ONE)):
         if key in concepts:
             check_value(concepts[key], int if key == "hidden_dim" else float, limit, f"{where}: concepts.{key}")
+    from .subject import SubjectSettings
+
+    try:
+        SubjectSettings.from_dict(config.get("subject"), f"{where}: subject")
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from None
 
 
 PREPROCESS_LIMITS = {"input_size": Limit(32, 1024), "mean": Limit(), "std": Limit(0, low_open=True)}

@@ -220,6 +220,10 @@ def command_train(args: argparse.Namespace) -> int:
 
 def command_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_model
+    from .labelled_photos import is_labelled_folder
+
+    if is_labelled_folder(args.dataset):
+        return evaluate_labelled(args)
 
     report = evaluate_model(
         args.model, args.dataset, args.images, args.split, args.beam_size, args.output, args.cache,
@@ -228,6 +232,21 @@ def command_evaluate(args: argparse.Namespace) -> int:
     )
     for beam, scores in report["results"].items():
         print(f"{report['split']} ({report['images']} images), {beam}: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return 0
+
+
+def evaluate_labelled(args: argparse.Namespace) -> int:
+    """`evaluate` on a labelled photo folder (images/ + labels.json): does the caption name the photo?"""
+    from .labelled_photos import evaluate_labelled_folder
+
+    if len(args.beam_size) != 1:
+        raise CaptionerError("a labelled photo folder is captioned with one beam size; pass one --beam-size")
+    report = evaluate_labelled_folder(args.model, args.dataset, args.beam_size[0], args.output, args.force, args.limit, device=args.device, progress=not args.quiet)
+    print(f"{report['photos']} photos, beam {report['beam_size']}:")
+    for key, value in report.items():
+        if key not in ("model", "folder", "beam_size", "photos", "output"):
+            print(f"  {key.replace('_', ' ')}: {value}")
+    print(f"per-photo results: {Path(report['output']) / 'photos.json'}")
     return 0
 
 

@@ -44,6 +44,13 @@ PERSON_WORDS = frozenset(
     "men's women's boy's girl's man's woman's cowboy diver bride groom hiker hikers tourists tourist".split()
 )
 
+# Words that put a person in the photo without naming one: "a cobra in a blue shirt and black pants"
+WORN_WORDS = frozenset(
+    "shirt shirts jacket jackets pants jeans shorts dress dresses coat coats sweater sweaters sweatshirt uniform uniforms "
+    "jersey jerseys costume costumes suit suits skirt skirts vest vests outfit outfits swimsuit bikini hoodie wearing dressed "
+    "wears wear".split()
+)
+
 # ImageNet-1k's standard class order lists its 398 animal synsets first (tench ... puffer).
 ANIMAL_CLASSES = slice(0, 398)
 # Words that only animal classes say but that captions also use for other things: food, verbs, sports.

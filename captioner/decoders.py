@@ -36,6 +36,7 @@ class Features(NamedTuple):
     pooled: torch.Tensor
     concepts: Concepts | None = None
     has_image: torch.Tensor | None = None  # (B,) bool; None = every row has one
+    saturation: torch.Tensor | None = None  # (B,) mean HSV saturation 0-255 of the photo (`colour.saturation`); None = unknown
 
 
 @dataclass

@@ -75,24 +75,32 @@ def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str],
     return {name: scores[name] for name in METRICS if name in scores and name in metrics}
 
 
-def split_conditioning(captioner, cache_store, keys: list[str], batch_size: int = 200):
-    """Concept tokens (None for models without them), banned tokens (N, V), log-probability
-    biases (N, V; None without an object penalty) and tags for cached images."""
+def caption_split(captioner, cache_store, dataset, records, beam_size: int, batch_size: int = 100, progress: bool = True) -> tuple[dict[str, str], dict[str, list]]:
+    """Best caption and tags per image of a split, from cached features, through the same
+    `Captioner.generate` that captions photos (concepts, rules, the subject constraint), with each
+    photo's colour saturation read from the photo itself."""
     import torch
 
     from .cached_decoding import batch_features
-    from .concepts import Concepts
+    from .colour import saturation
+    from .encoders import preprocess
+    from .images import load_image
 
-    parts, banned, bias, tags = [], [], [], []
+    keys = [record.image for record in records]
     rows = cache_store.rows(keys)
+    captions, tags = {}, {}
     for start in range(0, len(rows), batch_size):
-        features, image_banned, image_bias, image_tags = captioner.conditioning(batch_features(cache_store, rows[start : start + batch_size], captioner.device))
-        parts.append(features.concepts)
-        banned.append(image_banned)
-        bias.append(image_bias)
-        tags.extend(image_tags)
-    concepts = None if parts[0] is None else Concepts(*(torch.cat(tensors) for tensors in zip(*parts)))
-    return concepts, torch.cat(banned), None if bias[0] is None else torch.cat(bias), tags
+        chunk = records[start : start + batch_size]
+        features = batch_features(cache_store, rows[start : start + batch_size], captioner.device)
+        pixels = torch.stack([preprocess(load_image(dataset.image_path(record)), captioner.preprocess_config) for record in chunk])  # (B, 3, S, S)
+        features = features._replace(saturation=saturation(pixels, captioner.preprocess_config.mean, captioner.preprocess_config.std).to(captioner.device))
+        for record, (best, *_) in zip(chunk, captioner.generate(features, beam_size)):
+            captions[record.image], tags[record.image] = best.text, [[tag.word, tag.score] for tag in best.tags]
+        if progress:
+            print(f"\r{min(start + batch_size, len(rows))}/{len(rows)} images", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return captions, tags
 
 
 def tag_precision_recall(tags: dict[str, list[str]], references: dict[str, list[str]], vocabulary: list[str]) -> dict[str, float]:
@@ -132,7 +140,6 @@ def evaluate_model(
     from pathlib import Path
 
     from .api import Captioner
-    from .cached_decoding import decode_split
     from .chair import chair, ground_truth
     from .checkpoint import METRICS as METRICS_FILE, atomic_write_json
     from .datasets import load_dataset
@@ -166,14 +173,9 @@ def evaluate_model(
     references = {record.image: record.captions for record in records}
     true_objects = ground_truth(records)  # labelled objects + those the references name, for CHAIR
     results, captions = {}, {key: {"references": references[key]} for key in keys}
-    concepts, banned, bias, tags = split_conditioning(captioner, cache_store, keys)
-    tag_scores = tag_precision_recall({key: [tag.word for tag in image_tags] for key, image_tags in zip(keys, tags)}, references, captioner.concept_detector.words)
-    for key, image_tags in zip(keys, tags):
-        captions[key]["tags"] = [[tag.word, tag.score] for tag in image_tags]
     for beam_size in beam_sizes:
         started = time.time()
-        tokens = decode_split(captioner.decoder, cache_store, keys, captioner.device, beam_size, captioner.decoding_options(), concepts=concepts, banned=banned, bias=bias)
-        hypotheses = {key: captioner.vocabulary.decode(ids) for key, ids in zip(keys, tokens)}
+        hypotheses, tags = caption_split(captioner, cache_store, dataset, records, beam_size, progress=progress)
         label = "greedy" if beam_size == 1 else f"beam {beam_size}"
         results[label] = {name: round(value, 4) for name, value in score_captions(references, hypotheses).items()}
         hallucination = chair(hypotheses, true_objects)
@@ -182,12 +184,13 @@ def evaluate_model(
             print(f"{label}: decoded {len(keys)} images in {time.time() - started:.0f} s", file=sys.stderr)
         for key in keys:
             captions[key][label] = hypotheses[key]
+            captions[key]["tags"] = tags[key]
             captions[key].setdefault("hallucinated", {})[label] = hallucination.per_image[key].hallucinated
     report = {
         "model": captioner.name, "dataset": dataset.name, "split": split, "split_chosen_by": split_chosen_by, "images": len(keys), "unreadable_left_out": len(unreadable),
         "chair_ground_truth": "object labels + reference captions" if any(record.objects for record in records) else "reference captions only",
-        "decoding": {"length_penalty": captioner.length_penalty, "no_repeat_ngram_size": captioner.no_repeat_ngram_size},
-        "results": results, "tags": {"threshold": captioner.tag_threshold, **tag_scores}, "distinct_words": {label: len({w for key in keys for w in captions[key][label].split()}) for label in results},
+        "decoding": {"length_penalty": captioner.length_penalty, "no_repeat_ngram_size": captioner.no_repeat_ngram_size, "subject": captioner.subject_settings.to_dict()},
+        "results": results, "tags": {"threshold": captioner.tag_threshold, **tag_precision_recall({key: [word for word, _ in tags[key]] for key in keys}, references, captioner.concept_detector.words)}, "distinct_words": {label: len({w for key in keys for w in captions[key][label].split()}) for label in results},
         "command": "captioner " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("captioner") else None,
     }
     atomic_write_json(out / "report.json", report)

@@ -441,13 +441,12 @@ class CaptioningActor:
         import torch
 
         from .cli import _record
-        from .decoders import Features
 
         records = np.full(len(batch["path"]), "", dtype=object)
         readable = [row for row, error in enumerate(batch["error"]) if not error]
         if readable:
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][readable])).to(self.captioner.device)  # (R, 3, S, S)
-            features = Features(*self.captioner.encoder(pixels))  # grid (R, G, C), pooled (R, C)
+            features = self.captioner.encode_pixels(pixels)  # grid (R, G, C), pooled (R, C), saturation (R,)
             for row, captions in zip(readable, self.captioner.generate(features, **self.options)):
                 records[row] = json.dumps(_record(str(batch["path"][row]), captions), ensure_ascii=False)
         return {"record": records, "error": batch["error"]}

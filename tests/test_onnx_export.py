@@ -58,7 +58,7 @@ def test_onnx_captions_are_word_for_word_those_of_pytorch(onnx_captioner, shippe
 
 def test_the_step_matches_pytorch_whatever_the_order_of_rows(onnx_captioner, shipped_captioner, example_photos):
     features = shipped_captioner.encode(example_photos[:3])
-    features, _, _, _ = shipped_captioner.conditioning(features)
+    features = shipped_captioner.conditioning(features).features
     # rows grouped by image (as beam search keeps them), then interleaved (one group per row)
     for order in (torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([2, 0, 1, 0, 2, 1])):
         states = [decoder.init_state(features) for decoder in (shipped_captioner.decoder, onnx_captioner.decoder)]
@@ -93,6 +93,9 @@ def test_every_decoder_kind_exports_as_prepare_and_step(kind):
     features = random_features(batch=3)
     assert [h[0].tokens for h in greedy(exported, features)] == [h[0].tokens for h in greedy(decoder, features)]
     assert [[h.tokens for h in n] for n in beam_search(exported, features, 3, 2)] == [[h.tokens for h in n] for n in beam_search(decoder, features, 3, 2)]
+    constraints = [[(7,)], [], [(9, 10), (12,)]]  # the constrained search, rows in S states per image
+    assert [[h.tokens for h in n] for n in beam_search(exported, features, 3, 2, constraints=constraints, margin=5.0)] == [
+        [h.tokens for h in n] for n in beam_search(decoder, features, 3, 2, constraints=constraints, margin=5.0)]
 
 
 def test_a_model_without_concepts_exports_too(tmp_path, example_photos):
