@@ -134,7 +134,7 @@ class SubjectRule:
         for relative in relatives:
             if " " not in relative and self._known(relative) is not None:
                 singular_id, plural_id = self._known(relative), self.vocabulary.stoi.get(plural(relative))
-                renames = {singular_id: word} | ({plural_id: plural(word)} if plural_id is not None else {})
+                renames = ({plural_id: plural(word)} if plural_id is not None else {}) | {singular_id: word}  # "cattle" is both: singular
                 writings.append(Writing(tuple(renames), renames))
         return writings[:MAX_RELATIVES]
 

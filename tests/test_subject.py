@@ -108,3 +108,11 @@ def test_a_colour_photo_is_never_called_black_and_white(shipped_captioner, examp
     grey = features._replace(saturation=torch.tensor([0.0, 80.0]))
     given = shipped_captioner.conditioning(grey)
     assert given.banned_phrases[0] == [] and len(given.banned_phrases[1]) == 2
+
+
+def test_clothes_need_a_person_and_a_guarded_word_leaves_its_category_alone(shipped_captioner, example_photos):
+    photos = {path.stem: path for path in example_photos}
+    banned = shipped_captioner.conditioning(shipped_captioner.encode([photos["chelsea"]])).banned[0]
+    stoi = shipped_captioner.vocabulary.stoi
+    assert banned[stoi["man"]] and banned[stoi["shirt"]] and banned[stoi["wearing"]]  # a cat: no person, no clothes
+    assert banned[stoi["canoe"]] and not banned[stoi["boat"]] and not banned[stoi["ship"]]  # "boat" has evidence of its own
