@@ -8,17 +8,17 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .chair import coco_categories, object_words
 from .checkpoint import load_concept_detector, load_model, read_metrics
-from .concepts import PERSON_WORDS, SOURCE_IMAGENET, WORN_WORDS, ConceptDetector, ConceptTable, Tag, animal_words, concept_inputs, concept_word_ids, imagenet_head, singular, tags_from_probabilities
+from .concepts import ConceptDetector, ConceptTable, Tag, concept_inputs, concept_word_ids, imagenet_head, tags_from_probabilities
 from .decoders import Features
 from .devices import resolve_device
-from .colour import COLOUR_SATURATION, saturation
+from .colour import saturation
 from .decoding import Constraints, DecodingOptions, Hypothesis, Phrases, beam_search, greedy, sample
 from .encoders import PreprocessConfig, create_encoder, preprocess
 from .errors import CaptionerError
 from .images import ImageInput, load_image
 from .onnx_backend import check_backend, is_onnx_export, load_onnx_captioner
+from .decoding_rules import DecodingRules, Evidence
 from .subject import Subject, SubjectRule, SubjectSettings, render
 from .word_repeats import once_groups
 
@@ -33,10 +33,6 @@ class Caption:
     tags: list[Tag] = field(default_factory=list)  # the photo's visual concepts, most probable first
 
 TAG_THRESHOLD, TAG_TOP_K = 0.3, 10  # defaults for models that do not set their own
-ANIMAL_PHOTO = 0.5  # ImageNet's animal probability above which a photo is of an animal
-BLACK_AND_WHITE = (("black", "and", "white"), ("white", "and", "black"))
-BLACK_AND_WHITE_FLOOR = 0.5  # detector probability of "black" and of "white" that lets a colour photo show a black and white thing
-A_BLACK_AND_WHITE_PHOTO = tuple((*phrase, noun) for phrase in BLACK_AND_WHITE for noun in ("photo", "picture", "image", "photograph"))
 
 
 class Conditioning(NamedTuple):
@@ -76,14 +72,8 @@ class Captioner:
         decoding = config.get("decoding", {})
         self.length_penalty = float(decoding.get("length_penalty", 1.0))
         self.no_repeat_ngram_size = int(decoding.get("no_repeat_ngram_size", 3))
-        self._set_concepts(config.get("concepts") or {}, concept_detector)
         self.subject_settings = SubjectSettings.from_dict(config.get("subject"))
-        self.subject_rule = SubjectRule(self.concept_detector.table, vocabulary, self.subject_settings)
-        known = lambda phrases: [tuple(self.vocabulary.stoi[word] for word in phrase) for phrase in phrases if all(word in self.vocabulary.stoi for word in phrase)]  # noqa: E731
-        self.black_and_white, self.black_and_white_photo = known(BLACK_AND_WHITE), known(A_BLACK_AND_WHITE_PHOTO)
-        words = self.concept_detector.words
-        self.colour_columns = [words.index(word) for word in ("black", "white") if word in words]
-        self.colour_floor = BLACK_AND_WHITE_FLOOR
+        self._set_concepts(config.get("concepts") or {}, concept_detector)
         # A caption says each word but function words once, in any form (see word_repeats)
         self.once_groups = once_groups(self.vocabulary)
 
@@ -100,34 +90,16 @@ class Captioner:
         self.tag_threshold = float(settings.get("tag_threshold", TAG_THRESHOLD))
         self.concept_word_ids = concept_word_ids(detector.words, self.vocabulary).to(self.device)  # (W, L)
         self.concept_sources = torch.tensor(detector.sources, device=self.device)  # (W,)
-        person_ids = [index for word, index in self.vocabulary.stoi.items() if word in PERSON_WORDS or word in WORN_WORDS]  # no person, no clothes
-        self.person_tokens = torch.zeros(len(self.vocabulary), dtype=torch.bool, device=self.device)
-        self.person_tokens[person_ids] = True
-        # Words named only with evidence: each vocabulary form ("dog", "dogs") and its concept column
-        self.guard_floor = float(settings.get("guard_floor", 0.02))
-        column = {word: index for index, word in enumerate(detector.words)}
-        evidence_of = {word: column[word] for word in set(settings.get("guarded_words", [])) & set(column)}
-        for word in list(evidence_of):  # every name of it without evidence of its own: a guarded "dog" is no "puppy" either
-            for names in coco_categories().values():
-                if word in names:
-                    evidence_of.update({name: column[word] for name in names if " " not in name and name not in column})
-        pairs = [(evidence_of[token], index) for token, index in self.vocabulary.stoi.items() if token in evidence_of]
-        pairs += [(evidence_of[singular(token)], index) for token, index in self.vocabulary.stoi.items() if token not in evidence_of and singular(token) in evidence_of]
-        self.guard_columns = torch.tensor([c for c, _ in pairs], dtype=torch.long, device=self.device)  # (P,)
-        self.guard_tokens = torch.tensor([t for _, t in pairs], dtype=torch.long, device=self.device)  # (P,)
-        # Animal words only where ImageNet sees an animal (models trained without a floor: never banned)
-        self.animal_floor = float(settings.get("animal_floor", 0.0))
-        animals = animal_words(detector.table)
-        self.animal_tokens = torch.tensor([index for token, index in self.vocabulary.stoi.items() if singular(token) in animals], dtype=torch.long, device=self.device)
-        # On an animal photo, an animal word ImageNet sees no trace of is another animal ("a squirrel called a cat")
-        self.animal_columns = torch.tensor([column.get(singular(self.vocabulary.itos[t]), -1) for t in self.animal_tokens.tolist()], dtype=torch.long, device=self.device)  # (A,)
-        # Object penalty: COCO object words (people aside) ImageNet sees no trace of lose this much log-probability
-        self.object_penalty = float(settings.get("object_penalty", 0.0))
-        imagenet_words = {word: index for index, (word, source) in enumerate(zip(detector.words, detector.sources)) if source == SOURCE_IMAGENET}
-        objects = {singular(name) for name in object_words()}
-        pairs = [(imagenet_words[singular(token)], index) for token, index in self.vocabulary.stoi.items() if singular(token) in objects and singular(token) in imagenet_words]
-        self.penalty_columns = torch.tensor([c for c, _ in pairs], dtype=torch.long, device=self.device)  # (R,)
-        self.penalty_tokens = torch.tensor([t for _, t in pairs], dtype=torch.long, device=self.device)  # (R,)
+        self.rules = DecodingRules(self.vocabulary, self.concept_detector, settings, self.subject_settings, self.person_threshold, self.device)
+
+    @property
+    def subject_rule(self) -> SubjectRule:
+        return self.rules.subject.rule
+
+    @property
+    def guard_tokens(self) -> torch.Tensor:
+        """(P,) the vocabulary ids named only with ImageNet's evidence (`GuardRule`)."""
+        return self.rules.guard.tokens
 
     @property
     def backend(self) -> str:
@@ -203,36 +175,16 @@ class Captioner:
 
     def conditioning(self, features: Features) -> Conditioning:
         """What decoding needs besides the image: the features with concept tokens (for models
-        with a concept path), the words each caption must not use, the penalty on unsupported
-        object words, the tags, the subject each caption must name and the phrases it must not say."""
+        with a concept path), the tags, and what the decoding rules decided (`decoding_rules`):
+        the words each caption must not use, the penalty on unsupported object words, the phrases
+        it must not say and the subject it must name."""
         probabilities, allowed = self.detect(features)
         tags = tags_from_probabilities(probabilities * allowed, self.concept_detector.words, self.tag_threshold, TAG_TOP_K)
-        person_allowed = allowed.all(dim=1)  # (B,) only person words are ever disallowed
-        banned = self.person_tokens[None, :] & ~person_allowed[:, None]  # (B, V)
-        if len(self.guard_tokens):
-            banned[:, self.guard_tokens] |= probabilities[:, self.guard_columns] < self.guard_floor  # (B, P)
-        animal = self.concept_detector.animal_probability(features.pooled)  # (B,)
-        if self.animal_floor > 0 and len(self.animal_tokens):
-            banned[:, self.animal_tokens] |= (animal < self.animal_floor)[:, None]
-            # an animal photo: only the animals ImageNet sees a trace of
-            support = torch.where(self.animal_columns >= 0, probabilities[:, self.animal_columns.clamp(min=0)], torch.zeros_like(probabilities[:, :1]))  # (B, A)
-            banned[:, self.animal_tokens] |= (animal >= ANIMAL_PHOTO)[:, None] & (support < self.guard_floor)
-        bias = None
-        if self.object_penalty > 0 and len(self.penalty_tokens):
-            unsupported = probabilities[:, self.penalty_columns] < self.guard_floor  # (B, R)
-            bias = torch.zeros(banned.shape, device=self.device)
-            bias[:, self.penalty_tokens] = -self.object_penalty * unsupported.float()
-        people = person_allowed if self.person_threshold > 0 else None  # a person is likely (models without a person rule: unknown)
-        subjects = self.subject_rule(probabilities, allowed, banned, people) if self.subject_settings.enabled else [None] * len(banned)
-        colourful = features.saturation > COLOUR_SATURATION if features.saturation is not None else torch.zeros(len(banned), dtype=torch.bool)
-        # a colour photo is no black and white photo; a thing in it is black and white only where the detectors see both colours
-        both = probabilities[:, self.colour_columns].min(dim=1).values >= self.colour_floor if len(self.colour_columns) == 2 else torch.zeros_like(colourful)  # (B,)
-        banned_phrases = [(list(self.black_and_white_photo) if seen else list(self.black_and_white)) if colour else []
-                          for colour, seen in zip(colourful.tolist(), both.tolist())]
+        decided = self.rules(Evidence(features, probabilities, allowed, self.concept_detector.animal_probability(features.pooled)))
         if getattr(self.decoder.config, "max_concepts", 0):
             concepts = concept_inputs(probabilities, self.concept_word_ids, self.concept_sources, allowed, self.decoder.config.max_concepts, self.concept_min_score)
             features = features._replace(concepts=concepts)
-        return Conditioning(features, banned, bias, tags, subjects, banned_phrases)
+        return Conditioning(features, decided.banned, decided.bias, tags, decided.subjects, decided.banned_phrases)
 
     def generate(
         self, features: Features, beam_size: int = 3, num_captions: int = 1, sampling: bool = False,

@@ -4,6 +4,7 @@ bundled photos' captions naming their subject."""
 import torch
 
 from captioner.concepts import ConceptTable
+from captioner.decoders import Features
 from captioner.subject import SubjectRule, SubjectSettings, render
 from captioner.vocabulary import Vocabulary
 from captioner.word_forms import fix_articles, indefinite_article, names_any, plural
@@ -116,3 +117,17 @@ def test_clothes_need_a_person_and_a_guarded_word_leaves_its_category_alone(ship
     stoi = shipped_captioner.vocabulary.stoi
     assert banned[stoi["man"]] and banned[stoi["shirt"]] and banned[stoi["wearing"]]  # a cat: no person, no clothes
     assert banned[stoi["canoe"]] and not banned[stoi["boat"]] and not banned[stoi["ship"]]  # "boat" has evidence of its own
+
+
+def test_on_an_animal_photo_only_the_animals_imagenet_sees_may_be_named(shipped_captioner):
+    from captioner.decoding_rules import Evidence
+
+    words = shipped_captioner.concept_detector.words
+    probabilities = torch.zeros(1, len(words))
+    probabilities[0, words.index("squirrel")] = 0.95
+    grid = torch.zeros(1, 49, 1280)
+    evidence = Evidence(Features(grid, grid.mean(dim=1)), probabilities, torch.ones(1, len(words), dtype=torch.bool), torch.tensor([0.95]))
+    decided = shipped_captioner.rules(evidence)
+    stoi = shipped_captioner.vocabulary.stoi
+    assert decided.banned[0, stoi["cat"]] and decided.banned[0, stoi["giraffe"]] and not decided.banned[0, stoi["squirrel"]]
+    assert decided.subjects[0].word == "squirrel" and decided.banned_phrases == [[]]  # colour unknown: no colour rule
