@@ -131,3 +131,22 @@ def test_on_an_animal_photo_only_the_animals_imagenet_sees_may_be_named(shipped_
     stoi = shipped_captioner.vocabulary.stoi
     assert decided.banned[0, stoi["cat"]] and decided.banned[0, stoi["giraffe"]] and not decided.banned[0, stoi["squirrel"]]
     assert decided.subjects[0].word == "squirrel" and decided.banned_phrases == [[]]  # colour unknown: no colour rule
+
+
+def test_a_broken_subject_setting_is_refused_in_one_line(tmp_path, capsys, example_photos):
+    import json
+    import shutil
+
+    from captioner.api import pretrained_path
+    from helpers import one_line_error
+
+    model = tmp_path / "model"
+    shutil.copytree(pretrained_path(), model)
+    config = json.loads((model / "config.json").read_text())
+    config["subject"] = {**config["subject"], "threshold": "high"}
+    (model / "config.json").write_text(json.dumps(config))
+    error = one_line_error(capsys, ["caption", "--model", str(model), str(example_photos[0])])
+    assert "subject: threshold must be a number" in error
+    config["subject"] = {"unknown_knob": 1}
+    (model / "config.json").write_text(json.dumps(config))
+    assert "unknown settings unknown_knob" in one_line_error(capsys, ["caption", "--model", str(model), str(example_photos[0])])
