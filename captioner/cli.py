@@ -284,6 +284,7 @@ def command_export(args: argparse.Namespace) -> int:
     from .encoders import create_encoder
 
     output = Path(args.output)
+    check_export_folder(output, Path(args.model), "--output")
     if output.exists() and any(output.iterdir()) and not args.force:
         raise CaptionerError(f"{output} already exists; pass --force to replace the model in it")
     decoder, vocabulary, config = load_model(args.model)
@@ -319,6 +320,16 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_export_folder(output: Path, model: Path, flag: str) -> None:
+    """An export's output is a folder (or nothing yet) that neither is nor holds nor sits inside the model being read."""
+    if output.exists() and not output.is_dir():
+        raise CaptionerError(f"{flag} {output} is a file; give a folder to export into")
+    if model.exists():
+        out, source = output.resolve(), model.resolve()
+        if out == source or source in out.parents or out in source.parents:
+            raise CaptionerError(f"{flag} {output} is, holds or sits inside the model folder {model}; choose a folder apart from it")
+
+
 def export_onnx(args: argparse.Namespace) -> int:
     """`export --onnx OUT`: the model's networks as ONNX files with its config, for `--backend onnxruntime`."""
     from .api import Captioner
@@ -330,8 +341,7 @@ def export_onnx(args: argparse.Namespace) -> int:
                ("--object-penalty", args.object_penalty), ("--concepts-from", args.concepts_from)) if value not in (None, False)]
     if changes:
         raise CaptionerError(f"--onnx exports a model as it is; {changes[0]} is for a model folder: export with --output first, then --onnx from that folder")
-    if output.exists() and model.exists() and output.resolve() == model.resolve():
-        raise CaptionerError(f"--onnx {output} is the model folder itself; choose another folder")
+    check_export_folder(output, model, "--onnx")
     if output.exists() and any(output.iterdir()) and not args.force:
         raise CaptionerError(f"{output} already exists; pass --force to replace the export in it")
     captioner = Captioner.load(model, "cpu", backend="pytorch")

@@ -222,3 +222,20 @@ def test_output_that_is_not_ours_is_refused_untouched(tmp_path, capsys):
     assert "notes.jsonl:1" in err and notes.read_text() == '{"title": "my notes"}\n{"title": "more"'
     err = one_line_error(capsys, ["caption", str(EXAMPLES), "--output", str(tmp_path)])
     assert "is not a file" in err
+
+
+def test_export_never_writes_into_the_model_it_reads_nor_onto_a_file(tmp_path, capsys):
+    import shutil
+
+    from captioner.api import pretrained_path
+
+    model = tmp_path / "model"
+    shutil.copytree(pretrained_path(), model)
+    before = {path.name: path.read_bytes() for path in model.iterdir()}
+    for arguments in (["--output", str(model), "--force", "--fp16"], ["--output", str(model / "inner"), "--force"], ["--onnx", str(model), "--force"]):
+        assert "model folder" in one_line_error(capsys, ["export", "--model", str(model), *arguments])
+    assert {path.name: path.read_bytes() for path in model.iterdir()} == before  # the source is untouched
+    (tmp_path / "a-file").write_text("mine")
+    for flag in ("--output", "--onnx"):
+        assert "is a file" in one_line_error(capsys, ["export", "--model", str(model), flag, str(tmp_path / "a-file"), "--force"])
+    assert (tmp_path / "a-file").read_text() == "mine"

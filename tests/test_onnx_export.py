@@ -176,7 +176,7 @@ def test_export_onnx_refuses_what_it_would_overwrite_or_ignore(export_folder, tm
     assert "--force" in one_line_error(capsys, ["export", "--onnx", str(target), "--model", model])
     assert "--fp16" in one_line_error(capsys, ["export", "--onnx", str(tmp_path / "new"), "--model", model, "--fp16"])
     assert "not allowed with argument" in one_line_error(capsys, ["export", "--onnx", str(tmp_path / "a"), "--output", str(tmp_path / "b"), "--model", model])
-    assert "model folder itself" in one_line_error(capsys, ["export", "--onnx", model, "--model", model, "--force"])
+    assert "is, holds or sits inside the model folder" in one_line_error(capsys, ["export", "--onnx", model, "--model", model, "--force"])
     assert (target / "keep.txt").read_text() == "mine" and not (tmp_path / "new").exists()
 
 
