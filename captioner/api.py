@@ -9,16 +9,16 @@ from typing import NamedTuple, Sequence
 import torch
 
 from .checkpoint import load_concept_detector, load_model, read_metrics
+from .colour import saturation
 from .concepts import ConceptDetector, ConceptTable, Tag, concept_inputs, concept_word_ids, imagenet_head, tags_from_probabilities
 from .decoders import Features
-from .devices import resolve_device
-from .colour import saturation
 from .decoding import Constraints, DecodingOptions, Hypothesis, Phrases, beam_search, greedy, sample
+from .decoding_rules import DecodingRules, Evidence
+from .devices import resolve_device
 from .encoders import PreprocessConfig, create_encoder, preprocess
 from .errors import CaptionerError
 from .images import ImageInput, load_image
 from .onnx_backend import check_backend, is_onnx_export, load_onnx_captioner
-from .decoding_rules import DecodingRules, Evidence
 from .subject import Subject, SubjectRule, SubjectSettings, render
 from .word_repeats import once_groups
 

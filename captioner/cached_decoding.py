@@ -1,5 +1,5 @@
-"""Cached features as decoder input, and whole splits captioned from the feature cache: shared by
-training (dev scores each epoch) and `captioner evaluate`."""
+"""Cached features as decoder input (training, `captioner evaluate`), and whole splits captioned
+from the feature cache for training's dev scores each epoch."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,10 +26,10 @@ def batch_features(cache: FeatureCache, rows: np.ndarray, device: torch.device, 
 
 def decode_split(
     decoder, cache: FeatureCache, keys: list[str], device: torch.device, beam_size: int, options: DecodingOptions,
-    batch_size: int = 100, concepts=None, banned: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+    batch_size: int = 100, concepts=None,
 ) -> list[list[int]]:
-    """Best caption ids per key; `concepts` (aligned with keys), `banned` (N, V) tokens and a
-    log-probability `bias` (N, V) when the model uses them."""
+    """Best caption ids per key, with `concepts` (aligned with keys) for models that read them: the
+    dev scores of training. `evaluate` captions through `Captioner.generate` instead (`evaluation.caption_split`)."""
     decoder.eval()
     rows = cache.rows(keys)
     results = []
@@ -38,11 +38,9 @@ def decode_split(
         if concepts is not None:
             index = torch.arange(start, min(start + batch_size, len(rows)))
             features = features._replace(concepts=concepts.index_select(index).to(device))
-        ban = banned[start : start + batch_size] if banned is not None else None
-        offset = bias[start : start + batch_size] if bias is not None else None
         if beam_size == 1:
-            hypotheses = greedy(decoder, features, options, banned=ban, bias=offset)
+            hypotheses = greedy(decoder, features, options)
         else:
-            hypotheses = beam_search(decoder, features, beam_size=beam_size, options=options, banned=ban, bias=offset)
+            hypotheses = beam_search(decoder, features, beam_size=beam_size, options=options)
         results.extend(best[0].tokens for best in hypotheses)
     return results

@@ -139,14 +139,22 @@ def greedy(
     return [[hypothesis] for hypothesis in _one_path_per_row(decoder, features, 1, options, lambda log_probs: log_probs.argmax(dim=-1), banned, bias, banned_phrases)]
 
 
-
-
-def _constraint_bits(constraints: Constraints, vocab_size: int, device) -> torch.Tensor:
-    """(B, V) long: bit c is set where the word meets constraint c of the image."""
-    bits = torch.zeros(len(constraints), vocab_size, dtype=torch.long)
+def _word_bits(constraints: Constraints) -> list[dict[int, int]]:
+    """Per image, {word id: bit set of the constraints it meets} for the few words that meet any."""
+    word_bits: list[dict[int, int]] = [{} for _ in constraints]
     for image, image_constraints in enumerate(constraints):
         for c, tokens in enumerate(image_constraints):
-            bits[image, list(tokens)] |= 1 << c
+            for token in tokens:
+                word_bits[image][token] = word_bits[image].get(token, 0) | 1 << c
+    return word_bits
+
+
+def _bits_tensor(word_bits: list[dict[int, int]], vocab_size: int, device) -> torch.Tensor:
+    """The same as a (B, V) long tensor, 0 for every other word."""
+    bits = torch.zeros(len(word_bits), vocab_size, dtype=torch.long)
+    for image, words in enumerate(word_bits):
+        if words:
+            bits[image, list(words)] = torch.tensor(list(words.values()))
     return bits.to(device)
 
 
@@ -185,12 +193,8 @@ def beam_search(
     reachable = [[target & ~((1 << len(c)) - 1) == 0 for target in range(blocks)] for c in constraints]  # (B, S)
     banned, bias = _per_row(banned, width), _per_row(bias, width)  # beams stay in their image's block of rows
     phrases = [banned_phrases[row // width] for row in range(batch * width)] if banned_phrases else None
-    bits = None  # (B, V) which constraints each word meets, once the vocabulary size is known
-    word_bits = [{} for _ in range(batch)]  # the same per image as {word: bits}, for the few words that meet any
-    for image, image_constraints in enumerate(constraints):
-        for c, tokens in enumerate(image_constraints):
-            for token in tokens:
-                word_bits[image][token] = word_bits[image].get(token, 0) | 1 << c
+    word_bits = _word_bits(constraints)  # per image {word: constraints it meets}
+    bits = None  # the same as (B, V), once the vocabulary size is known
     block_of_row = torch.arange(blocks, device=device)[None, :, None, None]  # (1, S, 1, 1)
     active = list(range(batch))  # images still searching; rows are theirs only, S*K per image, in this order
     for step in range(options.max_length + 1):
@@ -199,9 +203,9 @@ def beam_search(
         vocab = log_probs.shape[-1]
         candidates = beam_log_probs[:, :, :, None] + log_probs.view(len(active), blocks, size, vocab)  # (A, S, K, V)
         if blocks == 1:
-            per_block, targets = [candidates.view(len(active), -1)], None  # (A, K*V)
+            per_block = [candidates.view(len(active), -1)]  # (A, K*V)
         else:
-            bits = _constraint_bits(constraints, vocab, device) if bits is None else bits  # (B, V)
+            bits = _bits_tensor(word_bits, vocab, device) if bits is None else bits  # (B, V)
             targets = met[:, :, :, None] | bits[active][:, None, None, :]  # (A, S, K, V) what each word leads each beam to
             per_block = [candidates.masked_fill(block_of_row != 0, float("-inf")).view(len(active), -1)]  # the plain search: block 0's beams only
             per_block += [candidates.masked_fill(targets != t, float("-inf")).view(len(active), -1) for t in range(1, blocks)]
@@ -218,7 +222,7 @@ def beam_search(
                         if len(kept) == size or len(done) >= size:
                             break
                         source, token = position * width + index // vocab, index % vocab
-                        reached = met_rows[position][index // vocab] | word_bits[image].get(token, 0) if targets is not None else 0
+                        reached = met_rows[position][index // vocab] | word_bits[image].get(token, 0) if blocks > 1 else 0
                         if score == float("-inf"):
                             kept.append((source, Vocabulary.eos_id, float("-inf"), prefixes[source], 0))  # a dead beam
                         elif token == Vocabulary.eos_id:

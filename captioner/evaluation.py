@@ -12,8 +12,12 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from .errors import CaptionerError
+
+if TYPE_CHECKING:  # torch is imported where evaluation runs, not when the module loads
+    import torch
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -75,25 +79,35 @@ def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str],
     return {name: scores[name] for name in METRICS if name in scores and name in metrics}
 
 
-def caption_split(captioner, cache_store, dataset, records, beam_size: int, batch_size: int = 100, progress: bool = True) -> tuple[dict[str, str], dict[str, list]]:
-    """Best caption and tags per image of a split, from cached features, through the same
-    `Captioner.generate` that captions photos (concepts, rules, the subject constraint), with each
-    photo's colour saturation read from the photo itself."""
+def photo_saturations(captioner, dataset, records, batch_size: int = 100) -> torch.Tensor:
+    """(N,) each photo's colour saturation, from the same preprocessed pixels the encoder sees:
+    the feature cache keeps features, not pixels, and the colour rule needs them."""
     import torch
 
-    from .cached_decoding import batch_features
     from .colour import saturation
     from .encoders import preprocess
     from .images import load_image
 
-    keys = [record.image for record in records]
-    rows = cache_store.rows(keys)
+    config = captioner.preprocess_config
+    parts = []
+    for start in range(0, len(records), batch_size):
+        pixels = torch.stack([preprocess(load_image(dataset.image_path(record)), config) for record in records[start : start + batch_size]])  # (B, 3, S, S)
+        parts.append(saturation(pixels, config.mean, config.std))
+    return torch.cat(parts)
+
+
+def caption_split(captioner, cache_store, records, saturations, beam_size: int, batch_size: int = 100, progress: bool = True) -> tuple[dict[str, str], dict[str, list]]:
+    """Best caption and tags per image of a split, from cached features and the photos'
+    `saturations` (N,), through the same `Captioner.generate` that captions photos (concepts,
+    rules, the subject constraint)."""
+    from .cached_decoding import batch_features
+
+    rows = cache_store.rows([record.image for record in records])
     captions, tags = {}, {}
     for start in range(0, len(rows), batch_size):
         chunk = records[start : start + batch_size]
         features = batch_features(cache_store, rows[start : start + batch_size], captioner.device)
-        pixels = torch.stack([preprocess(load_image(dataset.image_path(record)), captioner.preprocess_config) for record in chunk])  # (B, 3, S, S)
-        features = features._replace(saturation=saturation(pixels, captioner.preprocess_config.mean, captioner.preprocess_config.std).to(captioner.device))
+        features = features._replace(saturation=saturations[start : start + batch_size].to(captioner.device))
         for record, (best, *_) in zip(chunk, captioner.generate(features, beam_size)):
             captions[record.image], tags[record.image] = best.text, [[tag.word, tag.score] for tag in best.tags]
         if progress:
@@ -173,9 +187,10 @@ def evaluate_model(
     references = {record.image: record.captions for record in records}
     true_objects = ground_truth(records)  # labelled objects + those the references name, for CHAIR
     results, captions = {}, {key: {"references": references[key]} for key in keys}
+    saturations = photo_saturations(captioner, dataset, records)  # read once, for every beam size
     for beam_size in beam_sizes:
         started = time.time()
-        hypotheses, tags = caption_split(captioner, cache_store, dataset, records, beam_size, progress=progress)
+        hypotheses, tags = caption_split(captioner, cache_store, records, saturations, beam_size, progress=progress)
         label = "greedy" if beam_size == 1 else f"beam {beam_size}"
         results[label] = {name: round(value, 4) for name, value in score_captions(references, hypotheses).items()}
         hallucination = chair(hypotheses, true_objects)

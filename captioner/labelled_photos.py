@@ -110,12 +110,6 @@ def summarise(results: list[dict]) -> dict:
     }
 
 
-def photo_saturation(path: Path) -> float:
-    from .images import load_image
-
-    return mean_saturation(load_image(path))
-
-
 def evaluate_labelled_folder(
     model: str | None, folder: str | Path, beam_size: int = 3, output: str | None = None, force: bool = False,
     limit: int = 0, batch_size: int = 8, device: str | None = None, progress: bool = True,
@@ -126,6 +120,7 @@ def evaluate_labelled_folder(
 
     from .api import Captioner
     from .checkpoint import atomic_write_json
+    from .images import load_image
 
     photos, animal_words = read_labelled_folder(folder)
     photos = photos[: limit or None]
@@ -136,9 +131,10 @@ def evaluate_labelled_folder(
     results = {}
     for start in range(0, len(photos), batch_size):
         chunk = photos[start : start + batch_size]
-        captions = captioner.caption([photo.path for photo in chunk], beam_size=beam_size, batch_size=batch_size)
-        for photo, (best, *_) in zip(chunk, captions):
-            results[photo.path.name] = photo_results(photo, best.text, [tag.word for tag in best.tags], animal_words, photo_saturation(photo.path))
+        images = [load_image(photo.path) for photo in chunk]  # read once: captioned, and measured for colour
+        captions = captioner.caption(images, beam_size=beam_size, batch_size=batch_size)
+        for photo, image, (best, *_) in zip(chunk, images, captions):
+            results[photo.path.name] = photo_results(photo, best.text, [tag.word for tag in best.tags], animal_words, mean_saturation(image))
         if progress:
             print(f"\r{min(start + batch_size, len(photos))}/{len(photos)} photos", end="", file=sys.stderr, flush=True)
     if progress:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .chair import coco_categories
-from .concepts import ANIMAL_CLASSES, ConceptTable
+from .concepts import ConceptTable
 from .config_checks import AT_LEAST_ONE, PROBABILITY, Limit, check_fields
 from .errors import CheckpointError
 from .vocabulary import Vocabulary
@@ -106,14 +106,10 @@ class SubjectRule:
         self.classes_saying = table.membership.sum(dim=0)  # (W_table,) fewer = more specific
         self.other_classes = (table.membership.T @ table.membership) == 0  # (W_table, W_table) words no class says both of
         self.writings: dict[str, list[Writing]] = {}
-        self.animal = torch.zeros(len(self.words), dtype=torch.bool)  # (W_table,) words only animal classes say
         for index, entry in enumerate(table.classes):
             for position, word in enumerate(entry["words"]):
                 if not self.writings.get(word):
                     self.writings[word] = self._writings(word, entry["words"][position + 1 :] + relatives[index])
-        column = {word: index for index, word in enumerate(self.words)}
-        animals = {w for c in table.classes[ANIMAL_CLASSES] for w in c["words"]} - {w for c in table.classes[ANIMAL_CLASSES.stop :] for w in c["words"]}
-        self.animal[[column[word] for word in animals]] = True
         self.writable = torch.tensor([bool(self.writings.get(word)) for word in self.words])  # (W_table,)
         self.compounds = frozenset(word for word in self.words if " " in word)
         objects = {name for names in coco_categories().values() for name in names} - {"person"}
