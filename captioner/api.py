@@ -14,7 +14,7 @@ from .concepts import ConceptDetector, ConceptTable, Tag, concept_inputs, concep
 from .decoders import Features
 from .decoding import Constraints, DecodingOptions, Hypothesis, Phrases, beam_search, greedy, sample
 from .decoding_rules import DecodingRules, Evidence
-from .devices import resolve_device
+from .devices import one_cpu_thread, resolve_device
 from .encoders import PreprocessConfig, create_encoder, preprocess
 from .errors import CaptionerError
 from .images import ImageInput, load_image
@@ -196,6 +196,10 @@ class Captioner:
         most = 100 if sampling else beam_size  # beam search returns at most one caption per beam
         if not 1 <= num_captions <= most:
             raise CaptionerError(f"number of captions must be between 1 and {most}, got {num_captions}")
+        with one_cpu_thread(self.device):
+            return self._generate(features, beam_size, num_captions, sampling, temperature, top_p, seed)
+
+    def _generate(self, features: Features, beam_size: int, num_captions: int, sampling: bool, temperature: float, top_p: float, seed: int | None) -> list[list[Caption]]:
         options = self.decoding_options()
         given = self.conditioning(features)
         features, banned, bias, phrases = given.features, given.banned, given.bias, given.banned_phrases

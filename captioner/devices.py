@@ -1,4 +1,5 @@
-"""One device choice for every command: `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
+"""One device choice for every command: `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`,
+and how many CPU threads each part of captioning uses.
 
 The choice comes from `--device`, else the CAPTIONER_DEVICE environment variable, else `auto`.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 
 import torch
 
@@ -58,3 +60,37 @@ def _cpu_has_bfloat16() -> bool:
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """Mixed-precision autocast on the GPU, a no-op context elsewhere."""
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+_single_thread = threading.Lock()
+_single_thread_users = 0
+_threads_before = 1
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device):
+    """PyTorch on one CPU thread inside the block (decoding: many small operations).
+
+    A small operation split over OpenMP threads ends at a barrier that waits for every thread; on a
+    busy machine one of them is often off its core, and each step then waits a time slice: one
+    caption took 0.8-4.8 s on two threads beside other jobs, 0.15-0.22 s on one, and no slower on
+    one when the machine is quiet (`benchmarks/busy_machine.py`). The encoder's ONNX Runtime pool
+    (threads that steal work and do not spin) keeps its own count. Nested and concurrent blocks
+    restore the count set before the first of them.
+    """
+    global _single_thread_users, _threads_before
+    if device.type != "cpu":
+        yield
+        return
+    with _single_thread:
+        if _single_thread_users == 0:
+            _threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _single_thread_users += 1
+    try:
+        yield
+    finally:
+        with _single_thread:
+            _single_thread_users -= 1
+            if _single_thread_users == 0:
+                torch.set_num_threads(_threads_before)
