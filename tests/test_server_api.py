@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import builtins
+import hashlib
 import io
 import json
 import logging
+import re
 import socket
 import struct
 import subprocess
@@ -35,6 +38,7 @@ from captioner.errors import CaptionerError
 from captioner.server import Settings, create_app
 from captioner.server.app import MULTIPART_OVERHEAD, InferenceQueue, caption_batcher, openapi_3_0
 from captioner.server.batching import CaptionBatcher
+from captioner.server.security_headers import PAGE_POLICY
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
@@ -234,6 +238,43 @@ def test_page_and_docs_are_served(client):
     form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["properties"]["image"]["format"] == "binary" and form["required"] == ["image"]
     assert {"200", "413", "415", "422", "503"} <= set(operation["responses"])
+
+
+def test_every_answer_carries_the_security_headers(client):
+    """Pages, static files, docs, JSON answers and every kind of error, from a real server: the
+    page's policy on every HTML file, /docs its own policy allowing only its inline script, nosniff everywhere."""
+    app = app_sharing_model(client)
+
+    @app.get("/fails")
+    async def fails():
+        raise RuntimeError("a bug")
+
+    text_upload = {"files": {"image": ("a.txt", b"hello", "text/plain")}}
+    requests = [
+        ("GET", "/", {}), ("GET", "/static/index.html", {}), ("GET", "/static/app.js", {}), ("GET", "/static/style.css", {}),
+        ("GET", "/static/nope.js", {}), ("GET", "/docs", {}), ("GET", "/docs/openapi-3.0.json", {}), ("GET", "/docs-assets/swagger-ui.css", {}),
+        ("GET", "/openapi.json", {}), ("GET", "/healthz", {}), ("HEAD", "/healthz", {}), ("GET", "/api/limits", {}), ("GET", "/api/model", {}),
+        ("GET", "/nowhere", {}), ("GET", "/api/captions", {}), ("POST", "/api/captions", text_upload), ("POST", "/api/captions", {"content": b"x"}),
+        ("GET", "/fails", {}),
+    ]
+    with uvicorn_serving(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+        answers = {(method, path, response.status_code): response for method, path, options in requests for response in [http.request(method, path, **options)]}
+    assert {status for _, _, status in answers} >= {200, 404, 405, 415, 500}
+    for (method, path, status), response in answers.items():
+        headers = response.headers
+        assert headers.get("x-content-type-options") == "nosniff", (method, path, status)
+        assert headers.get("x-frame-options") == "DENY", (method, path, status)
+        assert "frame-ancestors 'none'" in headers.get("content-security-policy", ""), (method, path, status)
+        if path != "/docs":
+            assert headers["content-security-policy"] == PAGE_POLICY, (method, path, status)
+    for path in ("/", "/static/index.html"):
+        assert "text/html" in answers["GET", path, 200].headers["content-type"]
+    docs = answers["GET", "/docs", 200]
+    inline = re.search(r"<script>(.*?)</script>", docs.text, re.DOTALL).group(1).encode()
+    digest = base64.b64encode(hashlib.sha256(inline).digest()).decode()
+    script_src = re.search(r"script-src ([^;]*)", docs.headers["content-security-policy"]).group(1).split()
+    assert script_src == ["'self'", f"'sha256-{digest}'"]  # its one inline script, and no 'unsafe-inline'
+    assert "validatorUrl" in docs.text and "null" in docs.text
 
 
 # ---- errors -------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from ..errors import CaptionerError, ImageError
 from ..images import MAX_PIXELS, TooManyPixelsError, load_image, open_header
 from . import schemas
 from .batching import CaptionBatcher
+from .security_headers import SecurityHeaders, inline_script_policy
 
 logger = logging.getLogger("captioner.server")
 
@@ -46,10 +47,6 @@ STATIC = Path(__file__).parent / "static"
 SUPPORTED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 MULTIPART_OVERHEAD = 64 * 1024  # part headers, boundaries and the option fields around the image
 OPTION_FIELD_BYTES = 32
-PAGE_POLICY = (
-    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-)
 
 T = TypeVar("T")
 
@@ -487,9 +484,7 @@ async def health(request: Request) -> schemas.Health:
 
 @router.get("/", include_in_schema=False)
 async def page() -> FileResponse:
-    return FileResponse(STATIC / "index.html", headers={
-        "Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-    })
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})  # SecurityHeaders adds the policy
 
 
 # ---- errors, all as {"error": {"code", "message"}} ----------------------------------------
@@ -576,9 +571,16 @@ class HeadLikeGet:
         await self.app({**scope, "method": "GET"}, receive, send_headers_only)
 
 
+class CaptionerApp(FastAPI):
+    """FastAPI with SecurityHeaders outside everything, even the error handler that answers 500s."""
+
+    def build_middleware_stack(self):
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app: JSON API under /api, health at /healthz, the page at /, docs at /docs."""
-    app = FastAPI(
+    app = CaptionerApp(
         title="Captioner", version="1", lifespan=lifespan, docs_url=None,
         description="Upload a photo, get its caption. Uploads are processed in memory and never stored or logged.",
     )
@@ -615,11 +617,14 @@ def _install_offline_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def docs():
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=DOCS_OPENAPI_URL, title="Captioner API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
             swagger_favicon_url="/static/favicon.svg" if (STATIC / "favicon.svg").is_file() else "/docs-assets/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
         )
+        page.headers["Content-Security-Policy"] = inline_script_policy(page.body)  # Swagger UI starts from an inline script
+        return page
 
 
 def openapi_3_0(document: dict) -> dict:
