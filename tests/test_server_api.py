@@ -7,6 +7,7 @@ import base64
 import builtins
 import hashlib
 import io
+import itertools
 import json
 import logging
 import re
@@ -38,6 +39,7 @@ from captioner.errors import CaptionerError
 from captioner.server import Settings, create_app
 from captioner.server.app import MULTIPART_OVERHEAD, InferenceQueue, caption_batcher, openapi_3_0
 from captioner.server.batching import CaptionBatcher
+from captioner.server.connections import uvicorn_config
 from captioner.server.security_headers import PAGE_POLICY
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -111,7 +113,9 @@ def assert_no_tracebacks(caplog) -> None:
 @contextmanager
 def uvicorn_serving(app) -> Iterator[int]:
     """Serve app (its model already in place) with uvicorn on a free loopback port in a thread; yield the port."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False))
+    settings = app.state.settings
+    config = uvicorn_config(app, "127.0.0.1", 0, settings.header_timeout, settings.max_connections, lifespan="off", log_config=None, access_log=False)
+    server = uvicorn.Server(config)  # as serve() configures it
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -143,6 +147,25 @@ def read_until_closed(connection: socket.socket) -> bytes:
     while chunk := connection.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def seconds_until_closed(connection: socket.socket, drip: bytes = b"", limit: float = 6.0) -> float:
+    """Send `drip` one byte every 0.1 s (or nothing) until the server closes the connection; how long that took (inf: past `limit`)."""
+    started = time.monotonic()
+    connection.settimeout(0.1)
+    for byte in itertools.cycle(drip) if drip else itertools.repeat(None):
+        if time.monotonic() - started > limit:
+            return float("inf")
+        try:
+            if byte is not None:
+                connection.send(bytes([byte]))
+            if connection.recv(65536) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic() - started
+    raise AssertionError("unreachable")
 
 
 def wait_until(condition, timeout: float = 10.0) -> bool:
@@ -550,6 +573,46 @@ def test_stalled_upload_is_dropped_after_the_read_timeout(client):
         assert wait_until(lambda: app.state.upload_memory.held == 0)
 
 
+def test_silent_and_dripping_connections_are_closed_after_the_header_timeout(client):
+    """uvicorn alone keeps both open for ever; a normal request meanwhile gets its answer."""
+    app = app_sharing_model(client, header_timeout=1.0)
+    with uvicorn_serving(app) as port, ThreadPoolExecutor(3) as pool:
+        silent = socket.create_connection(("127.0.0.1", port))
+        dripping = socket.create_connection(("127.0.0.1", port))
+        answered = socket.create_connection(("127.0.0.1", port))  # answered, then drips the next request's headers
+        answered.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answered.recv(65536).startswith(b"HTTP/1.1 200")
+        waits = [pool.submit(seconds_until_closed, connection, drip) for connection, drip in (
+            (silent, b""), (dripping, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"), (answered, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"),
+        )]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            assert http.get("/healthz").status_code == 200
+        closed_after = [wait.result() for wait in waits]
+        for connection in (silent, dripping, answered):
+            connection.close()
+    assert all(0.8 < seconds < 4 for seconds in closed_after), closed_after
+
+
+def test_past_the_connection_cap_the_longest_idle_connection_makes_room(client):
+    app = app_sharing_model(client, max_connections=2, header_timeout=60, read_timeout=60)
+    with uvicorn_serving(app) as port:
+        oldest, newer = socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port))
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            assert http.get("/healthz").status_code == 200  # a third connection: the oldest idle one is closed for it
+        assert seconds_until_closed(oldest, limit=3) < 3
+        assert seconds_until_closed(newer, limit=0.3) == float("inf")  # still open
+        newer.close()
+    app = app_sharing_model(client, max_connections=2, header_timeout=60, read_timeout=60)
+    with uvicorn_serving(app) as port:
+        uploading = [start_raw_upload(port, IMAGE_PART_HEAD, content_length=100_000) for _ in range(2)]  # busy with requests, not idle
+        assert wait_until(lambda: app.state.upload_memory.held == 2 * len(IMAGE_PART_HEAD)), "the server did not start reading the uploads"
+        with socket.create_connection(("127.0.0.1", port)) as one_too_many:
+            assert seconds_until_closed(one_too_many, limit=3) < 3  # refused: no idle connection to close for it
+        assert all(seconds_until_closed(connection, limit=0.3) == float("inf") for connection in uploading)
+        for connection in uploading:
+            connection.close()
+
+
 def test_client_leaving_mid_upload_is_one_quiet_log_line(client, server_logs):
     app = app_sharing_model(client)
     with uvicorn_serving(app) as port:
@@ -647,12 +710,42 @@ def test_serve_command_listens_on_loopback_unless_told_otherwise(monkeypatch):
 
     def run_without_serving(server, sockets=None):
         listened.append((server.config.host, server.config.port))
+        protocol = server.config.http
+        assert (protocol.header_timeout, protocol.max_connections) == (Settings().header_timeout, Settings().max_connections)
         server.started = True
 
     monkeypatch.setattr(uvicorn.Server, "run", run_without_serving)
+    monkeypatch.setattr("captioner.server.check_can_listen", lambda host, port: None)  # the ports may be taken on this machine
     assert main(["serve"]) == 0
     assert main(["serve", "--host", "0.0.0.0", "--port", "8123"]) == 0
     assert listened == [("127.0.0.1", 5000), ("0.0.0.0", 8123)]
+
+
+def run_serve(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "captioner", "--threads", "1", "serve", *arguments], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("host, reason", [
+    ("999.1.1.1", "is not an IP address or a host name this machine can resolve"),
+    ("192.0.2.1", "is not an address of this machine"),  # TEST-NET-1: never a local address
+])
+def test_serve_names_a_host_it_cannot_listen_on_in_one_line(host, reason):
+    started = time.monotonic()
+    result = run_serve("--host", host, "--port", "5000")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, before uvicorn or the model start
+    assert result.stderr.startswith(f"captioner: error: --host {host} {reason}") and "--host 127.0.0.1" in result.stderr
+    assert "another server" not in result.stderr and time.monotonic() - started < 60
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result = run_serve("--port", str(port))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"captioner: error: could not listen on 127.0.0.1:{port}; is another server using that port? Try --port"
 
 
 def test_requests_arriving_together_are_captioned_in_one_batch(client):

@@ -72,6 +72,8 @@ class Settings(BaseModel):
     device: str | None = Field(None, description="auto (a CUDA GPU when present), cpu, cuda or cuda:N; None: CAPTIONER_DEVICE, else auto.")
     backend: str | None = Field(None, description="pytorch or onnxruntime (the CPU; a model folder is exported in memory at load); None: onnxruntime for an ONNX export folder, else pytorch.")
     upload_memory: int | None = Field(None, gt=0, description="Bytes of uploads held at once, received or waiting; None: room for 2 x queue_size full uploads. Past it, 503.")
+    header_timeout: float = Field(15.0, gt=0, description="Seconds a connection has to send a request's headers, from opening or from the last answer; then it is closed. Applied by `serve()` (uvicorn has no such timeout).")
+    max_connections: int = Field(1000, ge=1, description="Connections open at once; past it the one idle longest is closed (or the new one, when all are busy). Applied by `serve()`.")
 
     @model_validator(mode="after")
     def _one_upload_fits(self) -> Settings:
