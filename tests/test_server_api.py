@@ -763,3 +763,55 @@ def test_requests_arriving_together_are_captioned_in_one_batch(client):
     sizes = app.state.batcher.batch_sizes
     assert sum(sizes) == len(names) + 1 and max(sizes) > 1  # photos went together
     assert other_options.status_code == 200 and len(other_options.json()["captions"]) == 1
+
+
+FAULTY_SIZE = (97, 61)  # the photo whose encoding fails, told apart by its size
+
+
+@pytest.fixture
+def encode_fails_for_one_photo(client, monkeypatch) -> list[int]:
+    """The shared captioner's encode raises for any batch holding the FAULTY_SIZE photo; yields the size of every batch encoded."""
+    captioner = client.app.state.captioner
+    real_encode, batches = captioner.encode, []
+
+    def encode(images):
+        batches.append(len(images))
+        if any(getattr(image, "size", None) == FAULTY_SIZE for image in images):
+            raise RuntimeError("a fault while encoding one photo")
+        return real_encode(images)
+
+    monkeypatch.setattr(captioner, "encode", encode)
+    return batches
+
+
+def test_a_fault_in_one_photo_fails_only_that_photo_not_its_batch(client, encode_fails_for_one_photo):
+    names = ("rocket.jpg", "coffee.jpg", "astronaut.jpg")
+    photos = {name: (EXAMPLES / name).read_bytes() for name in names} | {"faulty.png": encoded(Image.new("RGB", FAULTY_SIZE, (200, 30, 30)), "PNG")}
+    expected = {name: client.app.state.captioner.caption(photos[name], beam_size=2)[0].text for name in names}
+    encode_fails_for_one_photo.clear()
+    app = app_sharing_model(client, batch_wait_ms=1000, max_batch=len(photos))  # all four go as one batch once they are in
+    with uvicorn_serving(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http, ThreadPoolExecutor(len(photos)) as pool:
+        responses = dict(zip(photos, pool.map(lambda name: post_image(http, photos[name], name, beam_size=2), photos)))
+    assert app.state.batcher.batch_sizes == [4], "the photos were not captioned as one batch"
+    assert encode_fails_for_one_photo == [4, 1, 1, 1, 1]  # the batch, then each photo alone
+    message = assert_error(responses["faulty.png"], 500, "internal_error")["message"]
+    assert "\n" not in message
+    for name in names:
+        assert responses[name].status_code == 200, responses[name].text
+        assert responses[name].json()["captions"][0]["text"] == expected[name]
+
+
+def test_a_failed_batch_is_captioned_again_photo_by_photo(client, encode_fails_for_one_photo):
+    photos = [Image.new("RGB", (64, 64), (30, 90, 200)), Image.new("RGB", FAULTY_SIZE), Image.new("RGB", (64, 48), (30, 200, 90))]
+
+    async def run_here(function, *args):
+        return function(*args)
+
+    async def caption_together():
+        batcher = CaptionBatcher(client.app.state.captioner, run_here, threads=1, wait=60, max_batch=len(photos))  # the third starts it
+        return batcher, await asyncio.gather(*(batcher.caption(photo, 1, 1) for photo in photos), return_exceptions=True)
+
+    batcher, answers = asyncio.run(caption_together())
+    assert batcher.batch_sizes == [3] and encode_fails_for_one_photo == [3, 1, 1, 1]
+    assert isinstance(answers[1], RuntimeError)
+    assert all(captions[0].text for captions, _ in (answers[0], answers[2]))
