@@ -20,8 +20,8 @@ def serve(host: str = "127.0.0.1", port: int = 5000, model: str | None = None, m
         settings = Settings(model_path=model, max_upload_bytes=int(max_upload_mb * MB), device=device, backend=backend)
     except ValidationError:
         raise CaptionerError(f"--max-upload-mb must be a positive number, got {max_upload_mb}") from None
-    check_can_listen(host, port)  # before the model loads
     resolve_device(settings.device)  # a missing GPU is refused in one line before uvicorn starts
+    check_can_listen(host, port)  # before the model loads
     app = create_app(settings)
     server = uvicorn.Server(uvicorn_config(
         _quiet_startup_failure(app), host, port, settings.header_timeout, settings.max_connections, lifespan="on", timeout_graceful_shutdown=5,

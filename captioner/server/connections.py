@@ -88,5 +88,8 @@ def guarded_h11_protocol(header_timeout: float, max_connections: int) -> type[Gu
 
 
 def uvicorn_config(app: Any, host: str, port: int, header_timeout: float, max_connections: int, **options: Any) -> uvicorn.Config:
-    """uvicorn's Config for `app`, served over GuardedH11Protocol; `options` go to uvicorn.Config as they are."""
-    return uvicorn.Config(app, host=host, port=port, http=guarded_h11_protocol(header_timeout, max_connections), **options)
+    """uvicorn's Config for `app`, served over GuardedH11Protocol; `options` go to uvicorn.Config as they are.
+
+    WebSocket upgrades are off: the app has none, and an upgraded connection would leave GuardedH11Protocol.
+    """
+    return uvicorn.Config(app, host=host, port=port, http=guarded_h11_protocol(header_timeout, max_connections), ws="none", **options)
