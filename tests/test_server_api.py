@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import builtins
+import hashlib
 import io
+import itertools
 import json
 import logging
+import re
 import socket
 import struct
 import subprocess
@@ -35,6 +39,8 @@ from captioner.errors import CaptionerError
 from captioner.server import Settings, create_app
 from captioner.server.app import MULTIPART_OVERHEAD, InferenceQueue, caption_batcher, openapi_3_0
 from captioner.server.batching import CaptionBatcher
+from captioner.server.connections import uvicorn_config
+from captioner.server.security_headers import PAGE_POLICY
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
@@ -107,7 +113,9 @@ def assert_no_tracebacks(caplog) -> None:
 @contextmanager
 def uvicorn_serving(app) -> Iterator[int]:
     """Serve app (its model already in place) with uvicorn on a free loopback port in a thread; yield the port."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False))
+    settings = app.state.settings
+    config = uvicorn_config(app, "127.0.0.1", 0, settings.header_timeout, settings.max_connections, lifespan="off", log_config=None, access_log=False)
+    server = uvicorn.Server(config)  # as serve() configures it
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -139,6 +147,25 @@ def read_until_closed(connection: socket.socket) -> bytes:
     while chunk := connection.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def seconds_until_closed(connection: socket.socket, drip: bytes = b"", limit: float = 6.0) -> float:
+    """Send `drip` one byte every 0.1 s (or nothing) until the server closes the connection; how long that took (inf: past `limit`)."""
+    started = time.monotonic()
+    connection.settimeout(0.1)
+    for byte in itertools.cycle(drip) if drip else itertools.repeat(None):
+        if time.monotonic() - started > limit:
+            return float("inf")
+        try:
+            if byte is not None:
+                connection.send(bytes([byte]))
+            if connection.recv(65536) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic() - started
+    raise AssertionError("unreachable")
 
 
 def wait_until(condition, timeout: float = 10.0) -> bool:
@@ -234,6 +261,43 @@ def test_page_and_docs_are_served(client):
     form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["properties"]["image"]["format"] == "binary" and form["required"] == ["image"]
     assert {"200", "413", "415", "422", "503"} <= set(operation["responses"])
+
+
+def test_every_answer_carries_the_security_headers(client):
+    """Pages, static files, docs, JSON answers and every kind of error, from a real server: the
+    page's policy on every HTML file, /docs its own policy allowing only its inline script, nosniff everywhere."""
+    app = app_sharing_model(client)
+
+    @app.get("/fails")
+    async def fails():
+        raise RuntimeError("a bug")
+
+    text_upload = {"files": {"image": ("a.txt", b"hello", "text/plain")}}
+    requests = [
+        ("GET", "/", {}), ("GET", "/static/index.html", {}), ("GET", "/static/app.js", {}), ("GET", "/static/style.css", {}),
+        ("GET", "/static/nope.js", {}), ("GET", "/docs", {}), ("GET", "/docs/openapi-3.0.json", {}), ("GET", "/docs-assets/swagger-ui.css", {}),
+        ("GET", "/openapi.json", {}), ("GET", "/healthz", {}), ("HEAD", "/healthz", {}), ("GET", "/api/limits", {}), ("GET", "/api/model", {}),
+        ("GET", "/nowhere", {}), ("GET", "/api/captions", {}), ("POST", "/api/captions", text_upload), ("POST", "/api/captions", {"content": b"x"}),
+        ("GET", "/fails", {}),
+    ]
+    with uvicorn_serving(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+        answers = {(method, path, response.status_code): response for method, path, options in requests for response in [http.request(method, path, **options)]}
+    assert {status for _, _, status in answers} >= {200, 404, 405, 415, 500}
+    for (method, path, status), response in answers.items():
+        headers = response.headers
+        assert headers.get("x-content-type-options") == "nosniff", (method, path, status)
+        assert headers.get("x-frame-options") == "DENY", (method, path, status)
+        assert "frame-ancestors 'none'" in headers.get("content-security-policy", ""), (method, path, status)
+        if path != "/docs":
+            assert headers["content-security-policy"] == PAGE_POLICY, (method, path, status)
+    for path in ("/", "/static/index.html"):
+        assert "text/html" in answers["GET", path, 200].headers["content-type"]
+    docs = answers["GET", "/docs", 200]
+    inline = re.search(r"<script>(.*?)</script>", docs.text, re.DOTALL).group(1).encode()
+    digest = base64.b64encode(hashlib.sha256(inline).digest()).decode()
+    script_src = re.search(r"script-src ([^;]*)", docs.headers["content-security-policy"]).group(1).split()
+    assert script_src == ["'self'", f"'sha256-{digest}'"]  # its one inline script, and no 'unsafe-inline'
+    assert "validatorUrl" in docs.text and "null" in docs.text
 
 
 # ---- errors -------------------------------------------------------------------------------
@@ -509,6 +573,46 @@ def test_stalled_upload_is_dropped_after_the_read_timeout(client):
         assert wait_until(lambda: app.state.upload_memory.held == 0)
 
 
+def test_silent_and_dripping_connections_are_closed_after_the_header_timeout(client):
+    """uvicorn alone keeps both open for ever; a normal request meanwhile gets its answer."""
+    app = app_sharing_model(client, header_timeout=1.0)
+    with uvicorn_serving(app) as port, ThreadPoolExecutor(3) as pool:
+        silent = socket.create_connection(("127.0.0.1", port))
+        dripping = socket.create_connection(("127.0.0.1", port))
+        answered = socket.create_connection(("127.0.0.1", port))  # answered, then drips the next request's headers
+        answered.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answered.recv(65536).startswith(b"HTTP/1.1 200")
+        waits = [pool.submit(seconds_until_closed, connection, drip) for connection, drip in (
+            (silent, b""), (dripping, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"), (answered, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"),
+        )]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            assert http.get("/healthz").status_code == 200
+        closed_after = [wait.result() for wait in waits]
+        for connection in (silent, dripping, answered):
+            connection.close()
+    assert all(0.8 < seconds < 4 for seconds in closed_after), closed_after
+
+
+def test_past_the_connection_cap_the_longest_idle_connection_makes_room(client):
+    app = app_sharing_model(client, max_connections=2, header_timeout=60, read_timeout=60)
+    with uvicorn_serving(app) as port:
+        oldest, newer = socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port))
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            assert http.get("/healthz").status_code == 200  # a third connection: the oldest idle one is closed for it
+        assert seconds_until_closed(oldest, limit=3) < 3
+        assert seconds_until_closed(newer, limit=0.3) == float("inf")  # still open
+        newer.close()
+    app = app_sharing_model(client, max_connections=2, header_timeout=60, read_timeout=60)
+    with uvicorn_serving(app) as port:
+        uploading = [start_raw_upload(port, IMAGE_PART_HEAD, content_length=100_000) for _ in range(2)]  # busy with requests, not idle
+        assert wait_until(lambda: app.state.upload_memory.held == 2 * len(IMAGE_PART_HEAD)), "the server did not start reading the uploads"
+        with socket.create_connection(("127.0.0.1", port)) as one_too_many:
+            assert seconds_until_closed(one_too_many, limit=3) < 3  # refused: no idle connection to close for it
+        assert all(seconds_until_closed(connection, limit=0.3) == float("inf") for connection in uploading)
+        for connection in uploading:
+            connection.close()
+
+
 def test_client_leaving_mid_upload_is_one_quiet_log_line(client, server_logs):
     app = app_sharing_model(client)
     with uvicorn_serving(app) as port:
@@ -606,12 +710,42 @@ def test_serve_command_listens_on_loopback_unless_told_otherwise(monkeypatch):
 
     def run_without_serving(server, sockets=None):
         listened.append((server.config.host, server.config.port))
+        protocol = server.config.http
+        assert (protocol.header_timeout, protocol.max_connections) == (Settings().header_timeout, Settings().max_connections)
         server.started = True
 
     monkeypatch.setattr(uvicorn.Server, "run", run_without_serving)
+    monkeypatch.setattr("captioner.server.check_can_listen", lambda host, port: None)  # the ports may be taken on this machine
     assert main(["serve"]) == 0
     assert main(["serve", "--host", "0.0.0.0", "--port", "8123"]) == 0
     assert listened == [("127.0.0.1", 5000), ("0.0.0.0", 8123)]
+
+
+def run_serve(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "captioner", "--threads", "1", "serve", *arguments], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("host, reason", [
+    ("999.1.1.1", "is not an IP address or a host name this machine can resolve"),
+    ("192.0.2.1", "is not an address of this machine"),  # TEST-NET-1: never a local address
+])
+def test_serve_names_a_host_it_cannot_listen_on_in_one_line(host, reason):
+    started = time.monotonic()
+    result = run_serve("--host", host, "--port", "5000")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, before uvicorn or the model start
+    assert result.stderr.startswith(f"captioner: error: --host {host} {reason}") and "--host 127.0.0.1" in result.stderr
+    assert "another server" not in result.stderr and time.monotonic() - started < 60
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result = run_serve("--port", str(port))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"captioner: error: could not listen on 127.0.0.1:{port}; is another server using that port? Try --port"
 
 
 def test_requests_arriving_together_are_captioned_in_one_batch(client):
@@ -629,3 +763,55 @@ def test_requests_arriving_together_are_captioned_in_one_batch(client):
     sizes = app.state.batcher.batch_sizes
     assert sum(sizes) == len(names) + 1 and max(sizes) > 1  # photos went together
     assert other_options.status_code == 200 and len(other_options.json()["captions"]) == 1
+
+
+FAULTY_SIZE = (97, 61)  # the photo whose encoding fails, told apart by its size
+
+
+@pytest.fixture
+def encode_fails_for_one_photo(client, monkeypatch) -> list[int]:
+    """The shared captioner's encode raises for any batch holding the FAULTY_SIZE photo; yields the size of every batch encoded."""
+    captioner = client.app.state.captioner
+    real_encode, batches = captioner.encode, []
+
+    def encode(images):
+        batches.append(len(images))
+        if any(getattr(image, "size", None) == FAULTY_SIZE for image in images):
+            raise RuntimeError("a fault while encoding one photo")
+        return real_encode(images)
+
+    monkeypatch.setattr(captioner, "encode", encode)
+    return batches
+
+
+def test_a_fault_in_one_photo_fails_only_that_photo_not_its_batch(client, encode_fails_for_one_photo):
+    names = ("rocket.jpg", "coffee.jpg", "astronaut.jpg")
+    photos = {name: (EXAMPLES / name).read_bytes() for name in names} | {"faulty.png": encoded(Image.new("RGB", FAULTY_SIZE, (200, 30, 30)), "PNG")}
+    expected = {name: client.app.state.captioner.caption(photos[name], beam_size=2)[0].text for name in names}
+    encode_fails_for_one_photo.clear()
+    app = app_sharing_model(client, batch_wait_ms=1000, max_batch=len(photos))  # all four go as one batch once they are in
+    with uvicorn_serving(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http, ThreadPoolExecutor(len(photos)) as pool:
+        responses = dict(zip(photos, pool.map(lambda name: post_image(http, photos[name], name, beam_size=2), photos)))
+    assert app.state.batcher.batch_sizes == [4], "the photos were not captioned as one batch"
+    assert encode_fails_for_one_photo == [4, 1, 1, 1, 1]  # the batch, then each photo alone
+    message = assert_error(responses["faulty.png"], 500, "internal_error")["message"]
+    assert "\n" not in message
+    for name in names:
+        assert responses[name].status_code == 200, responses[name].text
+        assert responses[name].json()["captions"][0]["text"] == expected[name]
+
+
+def test_a_failed_batch_is_captioned_again_photo_by_photo(client, encode_fails_for_one_photo):
+    photos = [Image.new("RGB", (64, 64), (30, 90, 200)), Image.new("RGB", FAULTY_SIZE), Image.new("RGB", (64, 48), (30, 200, 90))]
+
+    async def run_here(function, *args):
+        return function(*args)
+
+    async def caption_together():
+        batcher = CaptionBatcher(client.app.state.captioner, run_here, threads=1, wait=60, max_batch=len(photos))  # the third starts it
+        return batcher, await asyncio.gather(*(batcher.caption(photo, 1, 1) for photo in photos), return_exceptions=True)
+
+    batcher, answers = asyncio.run(caption_together())
+    assert batcher.batch_sizes == [3] and encode_fails_for_one_photo == [3, 1, 1, 1]
+    assert isinstance(answers[1], RuntimeError)
+    assert all(captions[0].text for captions, _ in (answers[0], answers[2]))

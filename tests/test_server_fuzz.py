@@ -166,6 +166,8 @@ def malformed_form(rng: random.Random, seeds: list[bytes]) -> tuple[bytes, dict[
 
 def check_answer(response) -> str | None:
     """None if the answer is a caption or a well-formed client error, else what is wrong with it."""
+    if response.headers.get("x-content-type-options") != "nosniff":
+        return f"status {response.status_code} without X-Content-Type-Options: nosniff"
     if response.status_code == 200:
         return None if response.json().get("captions") else "200 without captions"
     if response.status_code not in CLIENT_ERRORS:

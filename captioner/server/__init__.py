@@ -6,6 +6,8 @@ from pydantic import ValidationError
 from ..devices import resolve_device
 from ..errors import CaptionerError
 from .app import MB, Settings, create_app
+from .connections import uvicorn_config
+from .listening import check_can_listen, port_in_use
 
 __all__ = ["Settings", "create_app", "serve"]
 
@@ -19,14 +21,19 @@ def serve(host: str = "127.0.0.1", port: int = 5000, model: str | None = None, m
     except ValidationError:
         raise CaptionerError(f"--max-upload-mb must be a positive number, got {max_upload_mb}") from None
     resolve_device(settings.device)  # a missing GPU is refused in one line before uvicorn starts
+    check_can_listen(host, port)  # before the model loads
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(_quiet_startup_failure(app), host=host, port=port, lifespan="on", timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn_config(
+        _quiet_startup_failure(app), host, port, settings.header_timeout, settings.max_connections, lifespan="on", timeout_graceful_shutdown=5,
+    ))
     try:
         server.run()
     except SystemExit:  # uvicorn exits by itself when start-up fails; say why below instead
         pass
     if not server.started:
-        raise CaptionerError(app.state.startup_error or f"could not listen on {host}:{port}; is another server using that port? Try --port")
+        if app.state.startup_error:
+            raise CaptionerError(app.state.startup_error)
+        raise port_in_use(host, port)  # taken since check_can_listen
 
 
 def _quiet_startup_failure(app):

@@ -36,6 +36,7 @@ from ..errors import CaptionerError, ImageError
 from ..images import MAX_PIXELS, TooManyPixelsError, load_image, open_header
 from . import schemas
 from .batching import CaptionBatcher
+from .security_headers import SecurityHeaders, inline_script_policy
 
 logger = logging.getLogger("captioner.server")
 
@@ -46,10 +47,6 @@ STATIC = Path(__file__).parent / "static"
 SUPPORTED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 MULTIPART_OVERHEAD = 64 * 1024  # part headers, boundaries and the option fields around the image
 OPTION_FIELD_BYTES = 32
-PAGE_POLICY = (
-    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-)
 
 T = TypeVar("T")
 
@@ -75,6 +72,8 @@ class Settings(BaseModel):
     device: str | None = Field(None, description="auto (a CUDA GPU when present), cpu, cuda or cuda:N; None: CAPTIONER_DEVICE, else auto.")
     backend: str | None = Field(None, description="pytorch or onnxruntime (the CPU; a model folder is exported in memory at load); None: onnxruntime for an ONNX export folder, else pytorch.")
     upload_memory: int | None = Field(None, gt=0, description="Bytes of uploads held at once, received or waiting; None: room for 2 x queue_size full uploads. Past it, 503.")
+    header_timeout: float = Field(15.0, gt=0, description="Seconds a connection has to send a request's headers, from opening or from the last answer; then it is closed. Applied by `serve()` (uvicorn has no such timeout).")
+    max_connections: int = Field(1000, ge=1, description="Connections open at once; past it the one idle longest is closed (or the new one, when all are busy). Applied by `serve()`.")
 
     @model_validator(mode="after")
     def _one_upload_fits(self) -> Settings:
@@ -487,9 +486,7 @@ async def health(request: Request) -> schemas.Health:
 
 @router.get("/", include_in_schema=False)
 async def page() -> FileResponse:
-    return FileResponse(STATIC / "index.html", headers={
-        "Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-    })
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})  # SecurityHeaders adds the policy
 
 
 # ---- errors, all as {"error": {"code", "message"}} ----------------------------------------
@@ -576,9 +573,16 @@ class HeadLikeGet:
         await self.app({**scope, "method": "GET"}, receive, send_headers_only)
 
 
+class CaptionerApp(FastAPI):
+    """FastAPI with SecurityHeaders outside everything, even the error handler that answers 500s."""
+
+    def build_middleware_stack(self):
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app: JSON API under /api, health at /healthz, the page at /, docs at /docs."""
-    app = FastAPI(
+    app = CaptionerApp(
         title="Captioner", version="1", lifespan=lifespan, docs_url=None,
         description="Upload a photo, get its caption. Uploads are processed in memory and never stored or logged.",
     )
@@ -615,11 +619,14 @@ def _install_offline_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def docs():
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=DOCS_OPENAPI_URL, title="Captioner API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
             swagger_favicon_url="/static/favicon.svg" if (STATIC / "favicon.svg").is_file() else "/docs-assets/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
         )
+        page.headers["Content-Security-Policy"] = inline_script_policy(page.body)  # Swagger UI starts from an inline script
+        return page
 
 
 def openapi_3_0(document: dict) -> dict:

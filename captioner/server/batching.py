@@ -4,18 +4,22 @@ are encoded and captioned as one batch, which costs little more than one photo o
 A photo waits at most `wait` seconds for others (or until `max_batch` are waiting); with no wait
 (the default) an idle server starts at once. While every inference thread is busy, new photos
 gather and go together as soon as one is free: under load, batches form by themselves. Photos with
-different options (beam size, number of captions) go in different batches. Everything here runs
-on the event loop except `_caption_batch`, which runs on the inference threads.
+different options (beam size, number of captions) go in different batches. A batch that fails is
+captioned again photo by photo, so a fault in one photo answers only that photo with an error.
+Everything here runs on the event loop except `_caption_batch`, which runs on the inference threads.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Callable, NamedTuple
 
 from PIL import Image
 
 from ..api import Caption, Captioner
+
+logger = logging.getLogger("captioner.server")
 
 
 class Job(NamedTuple):
@@ -60,18 +64,32 @@ class CaptionBatcher:
 
     async def _run_batch(self, batch: list[Job]) -> None:
         try:
-            results, timings = await self.run(self._caption_batch, [job.image for job in batch], *batch[0].options)
-            for job, captions in zip(batch, results):
-                if not job.answer.done():
-                    job.answer.set_result((captions, timings))
-        except Exception as error:  # every photo of the batch gets the error
-            for job in batch:
-                if not job.answer.done():
+            await self._answer(batch)
+        except Exception as error:
+            waiting = [job for job in batch if not job.answer.done()]  # a client that left needs no retry
+            if len(batch) == 1:
+                for job in waiting:
                     job.answer.set_exception(error)
+                return
+            # One photo's fault must not fail its neighbours: caption each alone, so only that one gets an error.
+            logger.warning("a batch of %d photos failed (%s); captioning them one by one", len(batch), type(error).__name__)
+            for job in waiting:
+                try:
+                    await self._answer([job])
+                except Exception as alone:
+                    if not job.answer.done():
+                        job.answer.set_exception(alone)
         finally:
             self.running -= 1
             if self.waiting:  # they have waited at least as long as a batch took
                 self._dispatch()
+
+    async def _answer(self, batch: list[Job]) -> None:
+        """Caption the batch on an inference thread and give each job its captions."""
+        results, timings = await self.run(self._caption_batch, [job.image for job in batch], *batch[0].options)
+        for job, captions in zip(batch, results):
+            if not job.answer.done():
+                job.answer.set_result((captions, timings))
 
     def _caption_batch(self, images: list[Image.Image], beam_size: int, num_captions: int) -> tuple[list[list[Caption]], dict[str, float]]:
         started = time.perf_counter()
