@@ -15,7 +15,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .caption_log import record_line
 from .config_checks import AT_LEAST_ONE, NOT_NEGATIVE, POSITIVE, Limit
 from .errors import CaptionerError
 
@@ -154,10 +153,9 @@ def _caption_into(output: Path, args: argparse.Namespace) -> int:
     """`caption --output FILE`: the photos not in FILE yet, appended to it, with this run holding FILE's lock."""
     from .caption_log import CaptionLog, read_done
     from .images import resolved_paths
-    from .output_lock import OutputLock, check_output_place
+    from .output_lock import OutputLock
 
-    check_output_place(output)  # before any work
-    with OutputLock(output):
+    with OutputLock(output):  # checks where the output goes, before any work
         done = set(resolved_paths(read_done(output)))  # matched by resolved path: `p/x.jpg` and `/abs/p/x.jpg` are one photo
         paths, problems = _photos(args.paths)
         todo = [path for path, key in zip(paths, resolved_paths(paths)) if key not in done]
@@ -208,7 +206,7 @@ def _print_or_log(path: Path, captions, args: argparse.Namespace, log) -> None:
     if log is not None:
         log.write(_record(path, captions))
     elif args.json:
-        print(record_line(_record(path, captions)))
+        print(json.dumps(_record(path, captions)))  # ASCII, a name's non-UTF-8 bytes as \udcXX escapes
     else:
         tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in _photo_tags(captions)) if args.tags else ""
         for caption in captions:
