@@ -49,8 +49,16 @@ class ShardFolder:
         """The photos already in the shards. A JSON Lines record cut off by a crash is removed (and redone), as `caption --output` does."""
         done: set[str] = set()
         for shard in self.shards:
-            done |= read_done(shard) if self.format == "jsonl" else _parquet_paths(shard)
+            done |= read_done(shard, other="--output folder") if self.format == "jsonl" else _parquet_paths(shard)
         return done
+
+    def refusal(self, record: dict) -> str:
+        """Why `record` cannot go into this folder's shards ("" when it can): a Parquet string column
+        holds UTF-8 only, a JSON Lines shard any file name (escaped as `caption --output` does)."""
+        if self.format == "parquet" and not _is_utf8(record["path"]):
+            name = record["path"].encode("utf-8", "backslashreplace").decode("utf-8")
+            return f"{name}: its file name is not UTF-8, which a Parquet shard cannot hold; rename the file, or caption into JSON Lines shards (--format jsonl)"
+        return ""
 
     def writer(self, shard_size: int) -> "JsonLinesShards | ParquetShards":
         numbers = [int(SHARD_NAME.fullmatch(shard.name).group(1)) for shard in self.shards]
@@ -71,6 +79,14 @@ def _parquet_paths(shard: Path) -> set[str]:
     except (OSError, pa.ArrowException, KeyError) as error:
         raise CaptionerError(f"{shard}: not a Parquet shard written by 'captioner caption --ray' ({error}); pass another --output folder (this one is left as it is)") from None
     return {path for path in paths if isinstance(path, str)}
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def shard_name(number: int, suffix: str) -> str:

@@ -39,6 +39,8 @@ def _number(kind, limit: Limit, what: str):
 
 
 COUNT = _number(int, AT_LEAST_ONE, "a whole number >= 1")
+MAX_THREADS = 256  # more than any machine here has cores; --threads 100000 crashed PyTorch's thread pool (exit 139)
+THREADS = _number(int, Limit(1, MAX_THREADS), f"a whole number from 1 to {MAX_THREADS}")
 ZERO_OR_MORE = _number(int, NOT_NEGATIVE, "a whole number >= 0")
 POSITIVE_NUMBER = _number(float, POSITIVE, "a number > 0")
 FINITE_NUMBER = _number(float, Limit(), "a finite number")
@@ -66,8 +68,15 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _tsv_field(text: str) -> str:
-    r"""A path as one TSV field: a backslash, tab, newline or carriage return becomes \\, \t, \n or \r."""
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    r"""A path as one TSV field: a backslash, tab, newline or carriage return becomes \\, \t, \n or \r;
+    a byte of the name that is not UTF-8 (read by Python as a lone surrogate U+DC80..U+DCFF) becomes \xNN."""
+    escaped = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return re.sub("[\ud800-\udfff]", _escaped_surrogate, escaped)
+
+
+def _escaped_surrogate(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def _parse_value(text: str):
@@ -109,14 +118,10 @@ def _record(path: Path, captions) -> dict:
 
 
 def command_caption(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .api import Captioner
-    from .caption_log import CaptionLog, read_done
-    from .images import find_images
-
     if args.num_captions > args.beam_size and not args.sample:
         raise CaptionerError(f"--num-captions ({args.num_captions}) cannot exceed --beam-size ({args.beam_size})")
+    if args.output is not None and not args.output.strip():
+        raise CaptionerError("--output is empty; pass a file name (or leave --output out to print the captions)")
     if args.ray:
         if args.backend:
             raise CaptionerError("--backend does not work with --ray yet; Ray actors load an ONNX export folder (--model) on onnxruntime by themselves")
@@ -126,18 +131,53 @@ def command_caption(args: argparse.Namespace) -> int:
     for flag, value in (("--actors", args.actors), ("--actor-cpus", args.actor_cpus), ("--format", args.shard_format), ("--shard-size", args.shard_size)):
         if value is not None:
             raise CaptionerError(f"{flag} works only with --ray ADDRESS (captioning on a Ray cluster)")
-    output = Path(args.output) if args.output else None
-    done = read_done(output) if output else set()  # checked before any work
-    paths, problems = find_images(args.paths)
+    if args.output is None:
+        paths, problems = _photos(args.paths)
+        return _caption_photos(paths, args, None) or int(bool(problems))
+    return _caption_into(Path(args.output), args)
+
+
+def _photos(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """The photos to caption, each once; problems are printed as they are found, no photo at all is refused."""
+    from .images import find_images
+
+    paths, problems = find_images(inputs)
     for problem in problems:
         print(f"captioner: {problem}", file=sys.stderr)
     if not paths:
         raise CaptionerError("no images to caption; pass image files or folders holding JPEG, PNG, WebP, GIF, BMP or TIFF")
-    todo = [path for path in paths if str(path) not in done]
+    return paths, problems
+
+
+def _caption_into(output: Path, args: argparse.Namespace) -> int:
+    """`caption --output FILE`: the photos not in FILE yet, appended to it, with this run holding FILE's lock."""
+    from .caption_log import CaptionLog, read_done
+    from .images import resolved_paths
+    from .output_lock import OutputLock
+
+    with OutputLock(output):  # checks where the output goes, before any work
+        done = set(resolved_paths(read_done(output)))  # matched by resolved path: `p/x.jpg` and `/abs/p/x.jpg` are one photo
+        paths, problems = _photos(args.paths)
+        todo = [path for path, key in zip(paths, resolved_paths(paths)) if key not in done]
+        log = CaptionLog(output)  # opened before the model loads: an output that cannot be written is refused first
+        try:
+            failed = _caption_photos(todo, args, log)
+        finally:
+            log.close()
+    if not args.quiet:
+        print(f"captioner: {len(todo)} photos captioned into {output}" + (f" ({len(paths) - len(todo)} were already there)" if len(todo) < len(paths) else ""), file=sys.stderr)
+    return 1 if failed or problems else 0
+
+
+def _caption_photos(todo: list[Path], args: argparse.Namespace, log) -> int:
+    """Caption `todo` in batches, printed or appended to `log`; 1 when some photo could not be read."""
+    from tqdm import tqdm
+
+    from .api import Captioner
+
     captioner = Captioner.load(args.model, args.device, args.backend) if args.model else Captioner.from_pretrained(device=args.device, backend=args.backend)
-    failed = bool(problems)
-    log = CaptionLog(output) if output else None
-    bar = tqdm(total=len(todo), unit="photo", file=sys.stderr, disable=output is None or args.quiet, dynamic_ncols=True)
+    failed = False
+    bar = tqdm(total=len(todo), unit="photo", file=sys.stderr, disable=log is None or args.quiet, dynamic_ncols=True)
     try:
         with ThreadPoolExecutor(args.workers) as pool:
             for loaded, errors in _decoded_batches(todo, args.batch_size, pool):
@@ -158,10 +198,6 @@ def command_caption(args: argparse.Namespace) -> int:
                 bar.update(len(loaded) + len(errors))
     finally:
         bar.close()
-        if log is not None:
-            log.close()
-    if output is not None and not args.quiet:
-        print(f"captioner: {len(todo)} photos captioned into {output}" + (f" ({len(paths) - len(todo)} were already there)" if len(todo) < len(paths) else ""), file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -170,7 +206,7 @@ def _print_or_log(path: Path, captions, args: argparse.Namespace, log) -> None:
     if log is not None:
         log.write(_record(path, captions))
     elif args.json:
-        print(json.dumps(_record(path, captions)))
+        print(json.dumps(_record(path, captions)))  # ASCII, a name's non-UTF-8 bytes as \udcXX escapes
     else:
         tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in _photo_tags(captions)) if args.tags else ""
         for caption in captions:
@@ -362,7 +398,7 @@ def command_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="captioner", description="Caption photos; train and evaluate captioning models.")
-    parser.add_argument("--threads", type=COUNT, default=None, help="CPU threads for PyTorch (default: all cores, at most 8; 1 for serve)")
+    parser.add_argument("--threads", type=THREADS, default=None, help="CPU threads for PyTorch (default: all cores, at most 8; 1 for serve)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     caption = commands.add_parser("caption", help="caption image files and folders")

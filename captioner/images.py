@@ -9,10 +9,12 @@ decoding and before Pillow's own decompression-bomb check (which has another lim
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -41,16 +43,22 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def find_images(paths: list[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """Expand files and folders (searched recursively, sorted) into image paths, in input order.
+    """Expand files and folders (searched recursively, sorted) into image paths, in input order,
+    each photo once (two names of one file, e.g. `p/x.jpg` and `/abs/p/x.jpg`, are one photo).
 
     Returns the image paths and one problem message per input that yielded nothing and per
-    folder that could not be read.
+    folder that could not be read. Nothing is opened here: a FIFO or a device is named, not read.
     """
     found: list[Path] = []
     problems: list[str] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as error:
+            problems.append(f"{path}: {_unreachable(error)}")
+            continue
+        if stat.S_ISDIR(mode):
             unreadable: list[OSError] = []
             images = sorted(
                 Path(folder, name)
@@ -62,11 +70,44 @@ def find_images(paths: list[str | os.PathLike]) -> tuple[list[Path], list[str]]:
             if not images and not unreadable:
                 problems.append(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             found.extend(images)
-        elif path.is_file():
+        elif stat.S_ISREG(mode):
             found.append(path)
         else:
-            problems.append(f"{path}: no such file or folder")
-    return found, problems
+            problems.append(f"{path}: is not a regular file ({_file_kind(mode)}); pass image files or folders")
+    first: dict[str, Path] = {}  # each photo under the first name it was found by
+    for key, path in zip(resolved_paths(found), found):
+        first.setdefault(key, path)
+    return list(first.values()), problems
+
+
+def _unreachable(error: OSError) -> str:
+    """Why a path given as input cannot be looked at, as a message."""
+    if error.errno == errno.ELOOP:
+        return "is a symlink loop (a link that leads back to itself); fix or remove the link"
+    if error.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "no such file or folder"
+    return f"cannot look at it ({error.strerror})"
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a file or folder"
+
+
+def resolved_paths(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Each path absolute with every symlink resolved (as `os.path.realpath`), the key that tells
+    whether two names are one photo; each folder is resolved once, so a long list costs one lstat a photo."""
+    folders: dict[str, str] = {}
+    keys = []
+    for path in paths:
+        folder, name = os.path.split(os.fspath(path))
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder or ".")
+        key = os.path.join(folders[folder], name)
+        keys.append(os.path.realpath(key) if name in ("", ".", "..") or os.path.islink(key) else key)
+    return keys
 
 
 def reduction(size: tuple[int, int]) -> int:

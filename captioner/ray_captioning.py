@@ -37,11 +37,11 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from .caption_shards import DEFAULT_SHARD_SIZE, ShardFolder
-from .checkpoint import CONFIG, check_model_config, read_config
 from .devices import DEVICE_ENVIRONMENT_VARIABLE
 from .encoders import PreprocessConfig, preprocess
-from .errors import CaptionerError, CheckpointError, ImageError
-from .images import IMAGE_EXTENSIONS, find_images, load_image
+from .errors import CaptionerError, ImageError
+from .images import IMAGE_EXTENSIONS, find_images, load_image, resolved_paths
+from .output_lock import OutputLock, check_output_place
 
 INSTALL_HINT = 'pip install "captioner[ray]"'
 MANIFEST_SUFFIXES = (".parquet", ".csv")
@@ -62,21 +62,22 @@ def caption_with_ray(args: argparse.Namespace) -> int:
     if onnx_export:
         device = cpu_for_onnx_export(device)
     shards = ShardFolder(output, shard_format)
-    paths, problems = photo_list(args.paths)
-    for problem in problems:
-        print(f"captioner: {problem}", file=sys.stderr)
-    if not paths:
-        raise CaptionerError("no images to caption; pass image files, folders or a .parquet/.csv manifest with a 'path' column")
-    done = shards.done()
-    todo = [path for path in paths if path not in done]
-    failed = bool(problems)
-    if todo:
-        started_here = connect(ray, args.ray)
-        try:
-            failed |= _caption(ray, todo, shards, preprocess_config, args, device)
-        finally:
-            if started_here:
-                ray.shutdown()
+    with OutputLock(output, what="folder"):  # one run at a time writes into a shard folder
+        done = set(photo_keys(shards.done()))
+        paths, problems = photo_list(args.paths)
+        for problem in problems:
+            print(f"captioner: {problem}", file=sys.stderr)
+        if not paths:
+            raise CaptionerError("no images to caption; pass image files, folders or a .parquet/.csv manifest with a 'path' column")
+        todo = [path for path, key in zip(paths, photo_keys(paths)) if key not in done]
+        failed = bool(problems)
+        if todo:
+            started_here = connect(ray, args.ray)
+            try:
+                failed |= _caption(ray, todo, shards, preprocess_config, args, device)
+            finally:
+                if started_here:
+                    ray.shutdown()
     if not args.quiet:
         already = f" ({len(paths) - len(todo)} were already there)" if len(todo) < len(paths) else ""
         print(f"captioner: {len(todo)} photos captioned into {output}{already}", file=sys.stderr)
@@ -84,23 +85,15 @@ def caption_with_ray(args: argparse.Namespace) -> int:
 
 
 def read_model(model: str | None) -> tuple[PreprocessConfig, bool]:
-    """The model's preprocessing, read (and its folder checked) where the command runs, before any
-    work; and whether it is an ONNX export folder, which the actors run with ONNX Runtime."""
-    from .api import pretrained_path
-    from .onnx_backend import is_onnx_export, read_export
+    """The model's preprocessing, and whether it is an ONNX export folder (which the actors run with
+    ONNX Runtime). The model is loaded once here, on the CPU, before Ray starts: every check plain
+    `caption` makes (truncated weights, a tampered export) refuses it in one line, not in an actor."""
+    from .api import Captioner, pretrained_path
+    from .onnx_backend import is_onnx_export
 
     folder = Path(model) if model else pretrained_path()
-    if not is_onnx_export(folder):
-        return PreprocessConfig(**read_config(folder).get("preprocess", {})), False
-    read_export(folder)
-    try:
-        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-    except (ValueError, OSError) as error:
-        raise CheckpointError(f"{folder / CONFIG}: not valid JSON ({error}); export the model again") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{folder / CONFIG}: must be a JSON object; export the model again")
-    check_model_config(config, folder / CONFIG)
-    return PreprocessConfig(**config.get("preprocess", {})), True
+    captioner = Captioner.load(folder, "cpu")
+    return PreprocessConfig(**captioner.config.get("preprocess", {})), is_onnx_export(folder)
 
 
 def cpu_for_onnx_export(device: str) -> str:
@@ -124,6 +117,7 @@ def check_options(args: argparse.Namespace) -> tuple[Path, str, str]:
         raise CaptionerError("--ray needs --output FOLDER, the folder the caption shards are written to")
     if is_uri(args.output):
         raise CaptionerError(f"--output {args.output}: with --ray, pass a local folder (the captions are written where the command runs)")
+    check_output_place(Path(args.output))
     device = (args.device or os.environ.get(DEVICE_ENVIRONMENT_VARIABLE) or "auto").strip().lower()
     if device.startswith("cuda:"):
         raise CaptionerError(f"--device {device} picks a GPU of this machine; with --ray each actor gets a GPU of the cluster: pass --device cuda (or auto)")
@@ -253,7 +247,31 @@ def photo_list(inputs: list[str]) -> tuple[list[str], list[str]]:
             found, trouble = find_images([given])
             photos.extend(str(path) for path in found)
             problems.extend(trouble)
-    return list(dict.fromkeys(photos)), problems
+    first: dict[str, str] = {}  # each photo under the first name it was given by
+    for key, photo in zip(photo_keys(photos), photos):
+        first.setdefault(key, photo)
+    return list(first.values()), problems
+
+
+def photo_keys(paths) -> list[str]:
+    """What tells two names of one photo apart from two photos: a URI as it is, a local path resolved (`resolved_paths`)."""
+    paths = list(paths)
+    local = iter(resolved_paths([path for path in paths if not is_uri(path)]))
+    return [path if is_uri(path) else next(local) for path in paths]
+
+
+def to_arrow(path: str) -> bytes:
+    """A path as Arrow carries it: bytes, since a file name need not be UTF-8 (Python reads its other bytes as lone surrogates)."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def from_arrow(value) -> str:
+    return bytes(value).decode("utf-8", "surrogateescape")
+
+
+def printable(message: str) -> str:
+    """A message Arrow can carry (valid UTF-8): a lone surrogate of a file name written as \\udcXX, as stderr shows it."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # Ray
@@ -301,11 +319,14 @@ def _caption(ray, todo: list[str], shards: ShardFolder, preprocess_config: Prepr
     try:
         for batch in record_batches(ray, todo, settings):
             for record, error in zip(batch["record"], batch["error"]):
+                if not error:
+                    record = json.loads(record)
+                    error = shards.refusal(record)
                 if error:
                     bar.write(f"captioner: {error}", file=sys.stderr)
                     failed = True
                 else:
-                    writer.write(json.loads(record))
+                    writer.write(record)
             writer.end_batch()
             bar.update(len(batch["record"]))
     finally:
@@ -386,7 +407,7 @@ def pipeline(ray, todo: list[str], settings: PipelineSettings):
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": on purpose
     blocks = max(1, min(math.ceil(len(todo) / settings.batch_size), MAX_INPUT_BLOCKS))
-    dataset = ray.data.from_arrow(pa.table({"path": todo}), override_num_blocks=blocks)
+    dataset = ray.data.from_arrow(pa.table({"path": pa.array(map(to_arrow, todo), pa.binary())}), override_num_blocks=blocks)
     dataset = dataset.map_batches(decode_photos, batch_size=settings.batch_size, batch_format="numpy", fn_kwargs={"preprocess_config": settings.preprocess, "folder": settings.folder})
     return dataset.map_batches(
         CaptioningActor, batch_size=settings.batch_size, batch_format="numpy",
@@ -419,9 +440,9 @@ def decode_photos(batch: dict[str, np.ndarray], preprocess_config: dict, folder:
     errors = np.full(len(paths), "", dtype=object)
     for row, path in enumerate(paths):
         try:
-            pixels[row] = preprocess(read_photo(str(path), folder), config).numpy()  # (3, S, S)
+            pixels[row] = preprocess(read_photo(from_arrow(path), folder), config).numpy()  # (3, S, S)
         except CaptionerError as error:
-            errors[row] = str(error)
+            errors[row] = printable(str(error))
     return {"path": paths, "pixels": pixels, "error": errors}
 
 
@@ -440,6 +461,7 @@ class CaptioningActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        from .caption_log import record_line
         from .cli import _record
 
         records = np.full(len(batch["path"]), "", dtype=object)
@@ -448,5 +470,5 @@ class CaptioningActor:
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][readable])).to(self.captioner.device)  # (R, 3, S, S)
             features = self.captioner.encode_pixels(pixels)  # grid (R, G, C), pooled (R, C), saturation (R,)
             for row, captions in zip(readable, self.captioner.generate(features, **self.options)):
-                records[row] = json.dumps(_record(str(batch["path"][row]), captions), ensure_ascii=False)
+                records[row] = record_line(_record(from_arrow(batch["path"][row]), captions))
         return {"record": records, "error": batch["error"]}

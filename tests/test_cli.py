@@ -1,4 +1,5 @@
 """The `captioner` command end to end, on the example photos with the shipped model."""
+import errno
 import json
 import os
 import shutil
@@ -239,3 +240,125 @@ def test_export_never_writes_into_the_model_it_reads_nor_onto_a_file(tmp_path, c
     for flag in ("--output", "--onnx"):
         assert "is a file" in one_line_error(capsys, ["export", "--model", str(model), flag, str(tmp_path / "a-file"), "--force"])
     assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def photos_with_a_name_that_is_not_utf8(folder) -> bytes:
+    """chelsea.jpg and coffee.jpg, and chelsea again under a name with the byte 0xff; returns that name's path as bytes."""
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "chelsea.jpg", folder / "a.jpg")
+    shutil.copy(EXAMPLES / "coffee.jpg", folder / "c.jpg")
+    bad = os.path.join(os.fsencode(folder), b"bad\xffname.jpg")
+    shutil.copy(EXAMPLES / "chelsea.jpg", bad)
+    return bad
+
+
+def test_a_name_that_is_not_utf8_is_written_escaped_and_resumed(tmp_path, capsys):
+    bad = photos_with_a_name_that_is_not_utf8(tmp_path / "p")
+    output = tmp_path / "captions.jsonl"
+    arguments = ["--threads", "1", "caption", str(tmp_path / "p"), "--output", str(output), "--quiet"]
+    assert main(arguments) == 0
+    text = output.read_bytes().decode("utf-8")  # the file stays UTF-8
+    assert "bad\\udcffname.jpg" in text  # the byte as a JSON escape of its surrogate
+    paths = [json.loads(line)["path"] for line in text.splitlines()]
+    assert len(paths) == 3 and os.fsencode(paths[1]) == bad  # read back, the name's own bytes
+    assert main(arguments[:-1]) == 0 and output.read_bytes().decode() == text  # a rerun finds every photo there
+    assert "0 photos captioned" in capsys.readouterr().err
+
+    assert main(["--threads", "1", "caption", os.fsdecode(bad)]) == 0
+    assert capsys.readouterr().out.startswith(str(tmp_path / "p" / "bad") + "\\xffname.jpg\t")  # TSV: the byte as \xff
+    assert main(["--threads", "1", "caption", os.fsdecode(bad), "--json"]) == 0
+    assert os.fsencode(json.loads(capsys.readouterr().out)["path"]) == bad
+
+
+def test_inputs_are_deduplicated_and_matched_by_resolved_path(tmp_path, capsys, monkeypatch):
+    shutil.copytree(EXAMPLES, tmp_path / "p5", ignore=shutil.ignore_patterns("*.md"))
+    monkeypatch.chdir(tmp_path)
+    output = "d.jsonl"
+    assert main(["--threads", "1", "caption", "p5", "p5", "p5/chelsea.jpg", "./p5/coffee.jpg", "--output", output, "--quiet"]) == 0
+    written = (tmp_path / output).read_text()
+    assert [json.loads(line)["path"] for line in written.splitlines()] == [f"p5/{p.name}" for p in sorted(EXAMPLES.glob("*.jpg"))]  # each photo once, as given
+    assert main(["--threads", "1", "caption", str(tmp_path / "p5"), str(tmp_path / "p5" / "rocket.jpg"), "--output", output]) == 0  # absolute now
+    (tmp_path / "alias").symlink_to(tmp_path / "p5")
+    assert main(["--threads", "1", "caption", "alias", "--output", output]) == 0  # another name of the folder
+    assert (tmp_path / output).read_text() == written  # nothing added
+    assert capsys.readouterr().err.count("0 photos captioned") == 2
+
+
+def test_a_second_run_on_one_output_is_refused(tmp_path, capsys, monkeypatch):
+    from captioner.api import Captioner
+    from captioner.output_lock import OutputLock
+
+    output = tmp_path / "captions.jsonl"
+    output.write_text("")
+    monkeypatch.setattr(Captioner, "from_pretrained", no_model_load)
+    with OutputLock(output):  # as a run in another process holds it
+        err = one_line_error(capsys, ["caption", str(EXAMPLES), "--output", str(output)])
+    assert f"another captioner run (pid {os.getpid()}) is writing to --output {output}" in err
+    assert output.read_text() == "" and os.listdir(tmp_path) == ["captions.jsonl"]  # the lock file goes with the run that held it
+
+
+def no_model_load(*_, **__):
+    raise AssertionError("the model was loaded before the output was checked")
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    from captioner.api import Captioner
+
+    monkeypatch.setattr(Captioner, "from_pretrained", no_model_load)
+    (tmp_path / "a-file").write_text("mine")
+    err = one_line_error(capsys, ["caption", str(EXAMPLES), "--output", str(tmp_path / "a-file" / "captions.jsonl")])
+    assert f"{tmp_path / 'a-file'} is a file, not a folder" in err
+    assert "--output is empty" in one_line_error(capsys, ["caption", str(EXAMPLES), "--output", ""])
+
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    (mount / "captions.jsonl").write_text("")
+    real_open = os.open
+
+    def read_only(path, flags, *rest, **options):  # as on a read-only mount (the tests may run as root, which chmod does not stop)
+        if str(path).startswith(str(mount)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *rest, **options)
+
+    monkeypatch.setattr(os, "open", read_only)
+    for output in (mount / "captions.jsonl", mount / "new" / "captions.jsonl"):
+        assert "cannot write there (Read-only file system)" in one_line_error(capsys, ["caption", str(EXAMPLES), "--output", str(output)])
+    assert sorted(os.listdir(tmp_path)) == ["a-file", "read-only"] and os.listdir(mount) == ["captions.jsonl"]
+
+
+def test_a_full_disk_is_one_line_and_loses_no_record(tmp_path, capsys, monkeypatch):
+    output = tmp_path / "captions.jsonl"
+    arguments = ["--threads", "1", "caption", str(EXAMPLES), "--output", str(output), "--quiet", "--batch-size", "2"]
+    assert main(arguments) == 0
+    full = output.read_text().splitlines(keepends=True)
+    output.write_text("".join(full[:2]))  # two records from an earlier run
+    real_write = os.write
+
+    def fills_up(descriptor, data):  # half of the batch fits, then the disk is full
+        if bytes(data[:9]) == b'{"path": ' and len(data) > 1:
+            real_write(descriptor, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(os, "write", fills_up)
+    err = one_line_error(capsys, arguments[2:])
+    assert "No space left on device" in err and "every record already in it is kept" in err
+    assert output.read_text() == "".join(full[:2])  # intact, and no cut-off line
+    monkeypatch.undo()
+    assert main(arguments) == 0 and output.read_text() == "".join(full)
+
+
+def test_threads_are_bounded(capsys):
+    assert "a whole number from 1 to 256" in one_line_error(capsys, ["--threads", "100000", "caption", "x.jpg"])
+
+
+def test_a_fifo_a_device_or_a_symlink_loop_is_named(tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe.jpg")  # never opened: reading it would wait for a writer forever
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    assert main(["caption", str(tmp_path / "pipe.jpg"), "/dev/zero", str(tmp_path / "loop.jpg")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"captioner: {tmp_path / 'pipe.jpg'}: is not a regular file (a FIFO); pass image files or folders",
+        "captioner: /dev/zero: is not a regular file (a character device); pass image files or folders",
+        f"captioner: {tmp_path / 'loop.jpg'}: is a symlink loop (a link that leads back to itself); fix or remove the link",
+        "captioner: error: no images to caption; pass image files or folders holding JPEG, PNG, WebP, GIF, BMP or TIFF",
+    ]

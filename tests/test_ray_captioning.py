@@ -91,11 +91,18 @@ def test_through_ray_client_the_pipeline_runs_in_a_relay_actor(photos, plain_rec
     assert shard_records(output) == [plain_records[chelsea]]
 
 
-def test_an_onnx_export_folder_runs_on_cpu_actors(photos, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory):
+    """The shipped model as an ONNX export folder."""
     from captioner.api import pretrained_path
 
-    export = tmp_path / "onnx"
+    export = tmp_path_factory.mktemp("export") / "onnx"
     assert main(["export", "--model", str(pretrained_path()), "--onnx", str(export)]) == 0
+    return export
+
+
+def test_an_onnx_export_folder_runs_on_cpu_actors(photos, onnx_export, tmp_path, capsys):
+    export = onnx_export
     chelsea = str(photos / "chelsea.jpg")
     plain = tmp_path / "plain.jsonl"
     assert main(["--threads", "1", "caption", chelsea, "--model", str(export), "--output", str(plain), "--quiet"]) == 0
@@ -188,7 +195,8 @@ def test_bad_input_is_one_line_before_any_work(photos, tmp_path, capsys, monkeyp
     assert "is a file" in one_line_error(capsys, ["caption", str(photos), "--output", str(notes), "--ray", "local"])
     output.mkdir()
     (output / "captions-00000.jsonl").write_text('{"title": "my notes"}\n')
-    assert "not a line written by" in one_line_error(capsys, [*base, "--ray", "local"])
+    err = one_line_error(capsys, [*base, "--ray", "local"])
+    assert "not a line written by" in err and "pass another --output folder" in err
     assert "holds JSON Lines shards; pass --format jsonl" in one_line_error(capsys, [*base, "--ray", "local", "--format", "parquet"])
     (output / "notes.txt").write_text("mine")
     assert "holds notes.txt, which is not a caption shard" in one_line_error(capsys, [*base, "--ray", "local"])
@@ -200,3 +208,46 @@ def test_bad_input_is_one_line_before_any_work(photos, tmp_path, capsys, monkeyp
     assert "--ray must be local" in one_line_error(capsys, [*base, "--ray", "nonsense"])
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     assert 'pip install "captioner[ray]"' in one_line_error(capsys, [*base, "--ray", "local"])
+
+
+def test_a_name_that_is_not_utf8_is_captioned_and_resumed(tmp_path, capsys):
+    import os
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "chelsea.jpg", folder / "a.jpg")
+    bad = os.path.join(os.fsencode(folder), b"bad\xffname.jpg")
+    shutil.copy(EXAMPLES / "chelsea.jpg", bad)
+    output = tmp_path / "shards"
+    assert caption_with_ray(str(folder), "--output", str(output)) == 0
+    text = (output / "captions-00000.jsonl").read_bytes().decode("utf-8")
+    assert sorted(os.fsencode(json.loads(line)["path"]) for line in text.splitlines()) == sorted([os.fsencode(folder / "a.jpg"), bad])
+    assert caption_with_ray(str(folder), os.fsdecode(bad), "--output", str(output)) == 0  # each photo once, also given twice
+    assert (output / "captions-00000.jsonl").read_bytes().decode() == text and [p.name for p in output.iterdir()] == ["captions-00000.jsonl"]
+    assert "0 photos captioned" in capsys.readouterr().err
+
+
+def test_a_bad_output_or_model_is_refused_before_ray_starts(photos, onnx_export, tmp_path, capsys, monkeypatch):
+    from captioner import ray_captioning
+    from captioner.api import pretrained_path
+
+    def no_ray(*_):
+        raise AssertionError("Ray was started before the input was checked")
+
+    monkeypatch.setattr(ray_captioning, "connect", no_ray)
+    (tmp_path / "a-file").write_text("mine")
+    base = ["caption", str(photos / "chelsea.jpg"), "--ray", "local"]
+    assert "a-file is a file, not a folder" in one_line_error(capsys, [*base, "--output", str(tmp_path / "a-file" / "shards")])
+
+    model = tmp_path / "model"
+    shutil.copytree(pretrained_path(), model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert "unreadable weights" in one_line_error(capsys, [*base, "--model", str(model), "--output", str(tmp_path / "shards")])
+
+    tampered = tmp_path / "onnx"
+    shutil.copytree(onnx_export, tampered)
+    step = tampered / "decoder_step.onnx"
+    step.write_bytes(bytes(step.stat().st_size))  # the size the manifest says, not a graph
+    assert "not a readable ONNX graph" in one_line_error(capsys, [*base, "--model", str(tampered), "--output", str(tmp_path / "shards")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "model", "onnx"]  # nothing written
