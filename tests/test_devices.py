@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from captioner.devices import resolve_device
+from captioner.devices import one_cpu_thread, resolve_device
 from captioner.errors import CaptionerError
 from conftest import EXAMPLES
 from helpers import one_line_error
@@ -61,3 +61,19 @@ def test_caption_on_the_cpu_by_name(capsys):
 
     assert main(["caption", str(EXAMPLES / "chelsea.jpg"), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.count("\t") == 1
+
+
+def test_decoding_runs_on_one_cpu_thread_and_restores_the_count():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_cpu_thread(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+            with one_cpu_thread(torch.device("cpu")):  # nested blocks keep one thread...
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # ...and the outermost restores the count set before it
+        with one_cpu_thread(torch.device("cuda")):  # another device: the CPU count is left alone
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
