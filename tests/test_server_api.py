@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from captioner.api import pretrained_path
 from captioner.errors import CaptionerError
 from captioner.server import Settings, create_app
-from captioner.server.app import MULTIPART_OVERHEAD, InferenceQueue, caption_batcher, openapi_3_0
+from captioner.server.app import MULTIPART_OVERHEAD, InferenceQueue, PhotoDecoder, caption_batcher, openapi_3_0
 from captioner.server.batching import CaptionBatcher
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -86,6 +86,7 @@ def app_sharing_model(client, inference_threads: int = 1, **settings):
     app = create_app(Settings(inference_threads=inference_threads, **settings))
     app.state.captioner = client.app.state.captioner
     app.state.inference_queue = InferenceQueue(app.state.settings.queue_size, inference_threads)
+    app.state.photo_decoder = PhotoDecoder(app.state.settings)
     app.state.batcher = caption_batcher(app.state.captioner, app.state.inference_queue, app.state.settings)
     return app
 
@@ -120,6 +121,7 @@ def uvicorn_serving(app) -> Iterator[int]:
         server.should_exit = True
         thread.join(timeout=10)
         app.state.inference_queue.shutdown()
+        app.state.photo_decoder.shutdown()
 
 
 def start_raw_upload(port: int, body: bytes, content_length: int) -> socket.socket:
@@ -290,6 +292,7 @@ def test_slow_upload_is_408(client):
     app = create_app(Settings(upload_timeout=0.2))
     app.state.captioner = client.app.state.captioner  # share the loaded model instead of a second lifespan
     app.state.inference_queue = InferenceQueue(capacity=1, threads=1)
+    app.state.photo_decoder = PhotoDecoder(app.state.settings)
     pulled = 0
 
     async def receive():
@@ -305,6 +308,7 @@ def test_slow_upload_is_408(client):
     assert time.monotonic() - started < 2
     assert app.state.inference_queue.admitted == 0  # the slot was given back
     app.state.inference_queue.shutdown()
+    app.state.photo_decoder.shutdown()
 
 
 def test_docs_read_an_openapi_3_0_schema(client):
@@ -533,6 +537,7 @@ def test_upload_memory_is_bounded_and_given_back(client, astronaut):
     assert post_image(test_client, astronaut).status_code == 200
     assert memory.held == 0
     app.state.inference_queue.shutdown()
+    app.state.photo_decoder.shutdown()
     with pytest.raises(ValidationError, match="upload_memory"):
         Settings(max_upload_bytes=1024 * 1024, upload_memory=1024 * 1024)
 
