@@ -44,7 +44,7 @@ JPEG_FORMATS = ("JPEG", "MPO")
 MAX_JPEG_SCANS = 100
 MAX_SCAN_SAMPLES = 16 * MAX_PIXELS
 # Bytes a pixel takes in Pillow's memory: RGB is stored in 4, like RGBA.
-DECODER_BUFFERS = 2 << 20  # a decoder's own rows, tables and file buffers, roughly
+DECODER_BUFFERS = 4 << 20  # a decoder's own rows, tables and file buffers, roughly
 PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 WHITE = (255, 255, 255)
 DEEP_MODES = {"I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16, "I;16N": np.uint16, "I": np.int32, "F": np.float32}
@@ -255,16 +255,17 @@ def decode_memory(image: Image.Image, layout: JpegLayout | None = None) -> int:
     """
     width, height = image.size
     factor = reduction(image.size)
-    result = 2 * 4 * -(-width // factor) * -(-height // factor)  # the reduced image and its RGB conversion
+    result = 4 * -(-width // factor) * -(-height // factor)  # RGB, reduced
     if image.format in JPEG_FORMATS:
         scale = min(factor, 8)
         decoded = _pixel_bytes(image.mode) * -(-width // scale) * -(-height // scale)
-        converted = result if factor > scale or image.mode != "RGB" else 0  # else the decoded image is the result
+        converted = 2 * result if factor > scale or image.mode != "RGB" else 0  # else the decoded image is the result
         return decoded + (layout.coefficient_bytes if layout else 0) + converted + DECODER_BUFFERS
-    copies = 4 if image.format == "WEBP" else 1
-    band_bytes = 0 if image.mode in ("RGB", "L") else 24 if image.mode in DEEP_MODES else 12  # a band's copies (deep ones via float64)
-    bands = band_bytes * min(width * height, max(BAND_PIXELS, factor * width))
-    return copies * _pixel_bytes(image.mode) * width * height + bands + result + DECODER_BUFFERS
+    decoded = (4 if image.format == "WEBP" else 1) * _pixel_bytes(image.mode) * width * height
+    if image.mode in ("RGB", "L"):  # reduced, then converted, as a whole
+        return decoded + (0 if factor == 1 and image.mode == "RGB" else 2 * result) + DECODER_BUFFERS
+    band_bytes = 24 if image.mode in DEEP_MODES else 12  # a band's copies while converted (deep ones via float64)
+    return decoded + band_bytes * min(width * height, max(BAND_PIXELS, factor * width)) + 2 * result + DECODER_BUFFERS
 
 
 @contextmanager
