@@ -37,6 +37,7 @@ from ..errors import CaptionerError, ImageError
 from ..images import MAX_PIXELS, TooCostlyError, TooManyPixelsError, decode_memory, jpeg_layout, load_image, open_header
 from . import schemas
 from .batching import CaptionBatcher
+from .malloc import fix_mmap_threshold
 
 logger = logging.getLogger("captioner.server")
 
@@ -77,7 +78,7 @@ class Settings(BaseModel):
     backend: str | None = Field(None, description="pytorch or onnxruntime (the CPU; a model folder is exported in memory at load); None: onnxruntime for an ONNX export folder, else pytorch.")
     upload_memory: int | None = Field(None, gt=0, description="Bytes of uploads held at once, received or waiting; None: room for 3 full uploads (with the decode budget, what keeps the server under 600 MiB). Past it, 503.")
     decode_memory: int = Field(
-        96 * MB, gt=0,
+        72 * MB, gt=0,
         description="Bytes the photos being decoded may hold at once, estimated from each header (a progressive JPEG holds its whole image's coefficients). A photo waits for room, up to decode_wait seconds, then 503; one that alone needs more is refused with 422.",
     )
     decode_wait: float = Field(10.0, gt=0, description="Seconds a photo may wait for room in decode_memory; then 503.")
@@ -624,6 +625,7 @@ def load_captioner(settings: Settings) -> tuple[Captioner, dict]:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
+    fix_mmap_threshold()  # before the model loads: big blocks go back to the system when freed
     try:
         app.state.captioner, app.state.model_metrics = load_captioner(settings)
     except CaptionerError as error:
