@@ -5,16 +5,20 @@ every kind of input takes the same steps to RGB: EXIF rotation, transparency com
 16-bit kept to its high byte, and big images reduced (the encoder sees ~224 px). Conversion runs a
 band of rows at a time, so a big image costs little more than its decoded pixels; JPEGs decode
 straight at reduced size. Files are checked against MAX_PIXELS from their header, before any
-decoding and before Pillow's own decompression-bomb check (which has another limit and warns).
+decoding and before Pillow's own decompression-bomb check (which has another limit and warns), and
+JPEGs against a budget of scans (`jpeg_layout`). Whatever fails while reading one image, a
+plugin's TypeError on a malformed tag included, is that image's one-line ImageError.
 """
 from __future__ import annotations
 
 import errno
 import io
+import mmap
 import os
 import stat
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -22,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import ImageError
+from .jpeg_layout import JpegLayout, read_jpeg_layout
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -32,6 +37,17 @@ WEBP_MAX_PIXELS = 16_000_000  # Pillow's WebP decoding holds four copies of the 
 # Big images are read at 1/2, 1/4, ... of their size, keeping at least this longest side.
 DECODE_SIDE = 1024
 BAND_PIXELS = 1 << 20  # pixels converted at a time
+JPEG_FORMATS = ("JPEG", "MPO")
+# Real progressive JPEGs have about 10 scans: libjpeg and Pillow write 10 for colour (6 for grey),
+# mozjpeg and Photoshop 3 to 12; a baseline JPEG has 1 (3 when its components are not interleaved).
+# Each scan is a pass over its components' blocks (~1.3 ns a sample here, whatever the scan holds),
+# so the passes are bounded too: 16 full-size planes of a 64-megapixel photo, ~1.3 s at worst,
+# which a 64-megapixel 4:4:4 progressive JPEG from libjpeg (14 planes) still passes.
+MAX_JPEG_SCANS = 100
+MAX_SCAN_SAMPLES = 16 * MAX_PIXELS
+# Bytes a pixel takes in Pillow's memory: RGB is stored in 4, like RGBA.
+DECODER_BUFFERS = 4 << 20  # a decoder's own rows, tables and file buffers, roughly
+PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 WHITE = (255, 255, 255)
 DEEP_MODES = {"I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16, "I;16N": np.uint16, "I": np.int32, "F": np.float32}
 EXIF_TRANSPOSE = {  # EXIF orientation -> the transpose that shows the photo upright
@@ -127,6 +143,14 @@ class TooManyPixelsError(ImageError):
             f"{name}: {size[0]:,} x {size[1]:,} pixels is over the {limit / 1e6:g}-megapixel limit{kind} "
             "(a guard against decompression bombs); downscale it first"
         )
+
+
+class TooCostlyError(ImageError):
+    """An image refused from its header for costing too much time or memory to decode; `reason` omits the name."""
+
+    def __init__(self, name: str, reason: str):
+        self.reason = reason
+        super().__init__(f"{name}: {reason}")
 
 
 def _white_level(dtype: np.dtype, maximum: float) -> float:
@@ -248,10 +272,78 @@ def open_header(handle: IO[bytes], name: str = "image", max_pixels: int = MAX_PI
     raise UnidentifiedImageError(f"cannot identify image file {name!r}")
 
 
-def _decode(handle: IO[bytes], size: int, name: str) -> Image.Image:
+def check_jpeg_scans(layout: JpegLayout, size: tuple[int, int], name: str) -> None:
+    """TooCostlyError for a JPEG whose scans would take far longer to decode than any photo's."""
+    advice = "re-save it as a baseline (not progressive) JPEG"
+    if layout.scans > MAX_JPEG_SCANS:
+        raise TooCostlyError(name, f"JPEG with {layout.scans:,} scans is over the limit of {MAX_JPEG_SCANS} (photos have about 10, and each scan "
+                                   f"is another pass over the image); {advice}")
+    if layout.scan_samples > MAX_SCAN_SAMPLES:
+        raise TooCostlyError(name, f"{size[0]:,} x {size[1]:,} JPEG with {layout.scans} scans is too slow to decode ({layout.scan_samples / 1e9:.1f} "
+                                   f"billion samples scanned, over the limit of {MAX_SCAN_SAMPLES / 1e9:.1f}); {advice} or downscale it")
+
+
+def _pixel_bytes(mode: str) -> int:
+    return PIXEL_BYTES.get(mode, 4)
+
+
+def decode_memory(image: Image.Image, layout: JpegLayout | None = None) -> int:
+    """The bytes reading `image` (opened by `open_header`, not decoded) to RGB holds at its peak, from its header.
+
+    JPEGs decode at 1/2 to 1/8 size (`draft`), plus, for a progressive one, libjpeg's coefficients of
+    the whole image; other formats decode at full size (WebP's decoder holds four copies); bands,
+    the reduced result and its RGB copy come on top.
+    """
+    width, height = image.size
+    factor = reduction(image.size)
+    result = 4 * -(-width // factor) * -(-height // factor)  # RGB, reduced
+    if image.format in JPEG_FORMATS:
+        scale = min(factor, 8)
+        decoded = _pixel_bytes(image.mode) * -(-width // scale) * -(-height // scale)
+        converted = 2 * result if factor > scale or image.mode != "RGB" else 0  # else the decoded image is the result
+        return decoded + (layout.coefficient_bytes if layout else 0) + converted + DECODER_BUFFERS
+    decoded = (4 if image.format == "WEBP" else 1) * _pixel_bytes(image.mode) * width * height
+    if image.mode in ("RGB", "L"):  # reduced, then converted, as a whole
+        return decoded + (0 if factor == 1 and image.mode == "RGB" else 2 * result) + DECODER_BUFFERS
+    band_bytes = 24 if image.mode in DEEP_MODES else 12  # a band's copies while converted (deep ones via float64)
+    return decoded + band_bytes * min(width * height, max(BAND_PIXELS, factor * width)) + 2 * result + DECODER_BUFFERS
+
+
+@contextmanager
+def _file_contents(handle: IO[bytes]) -> Iterator[bytes | mmap.mmap]:
+    """The whole file behind `handle`, mapped rather than read where the system allows."""
+    try:
+        contents = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a mappable file
+        position = handle.tell()
+        handle.seek(0)
+        data = handle.read()
+        handle.seek(position)
+        yield data
+        return
+    with contents:
+        yield contents
+
+
+def jpeg_layout(image: Image.Image, contents: bytes | bytearray | mmap.mmap, name: str = "image") -> JpegLayout | None:
+    """The scans of a JPEG opened by `open_header` from `contents` (TooCostlyError past the scan budget); None for other formats."""
+    if image.format not in JPEG_FORMATS:
+        return None
+    layout = read_jpeg_layout(contents, image.size)
+    check_jpeg_scans(layout, image.size, name)
+    return layout
+
+
+def _decode(handle: IO[bytes], size: int, name: str, data: bytes | bytearray | None = None) -> Image.Image:
     if size == 0:
         raise ImageError(f"{name}: file is empty (0 bytes)")
     image = open_header(handle, name)
+    if image.format in JPEG_FORMATS:
+        if data is not None:
+            jpeg_layout(image, data, name)
+        else:
+            with _file_contents(handle) as contents:
+                jpeg_layout(image, contents, name)
     width, height = image.size
     scale = min(reduction(image.size), 8)
     if scale > 1:  # JPEG decodes at 1/2, 1/4 or 1/8 size; other formats ignore drafts
@@ -259,13 +351,21 @@ def _decode(handle: IO[bytes], size: int, name: str) -> Image.Image:
     return _pil_to_rgb(image)
 
 
-def open_image(source: bytes | str | os.PathLike, name: str = "image") -> Image.Image:
-    """Decode an image file or bytes to upright RGB, reduced while decoding if big; raise ImageError on failure."""
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@contextmanager
+def reading(name: str) -> Iterator[None]:
+    """Turn any exception while reading one image into its one-line ImageError.
+
+    Pillow's plugins raise more than OSError on malformed files (TypeError from a TIFF tag of the
+    wrong type, ZeroDivisionError, struct.error, IndexError...): any of them is this image's problem,
+    never the run's. KeyboardInterrupt and SystemExit pass; running out of memory is said as such.
+    """
     try:
-        if isinstance(source, (bytes, bytearray)):
-            return _decode(io.BytesIO(source), len(source), name)
-        with open(source, "rb") as handle:
-            return _decode(handle, os.fstat(handle.fileno()).st_size, name)
+        yield
     except ImageError:
         raise
     except FileNotFoundError:
@@ -278,8 +378,22 @@ def open_image(source: bytes | str | os.PathLike, name: str = "image") -> Image.
         raise ImageError(f"{name}: not a supported image (use JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
     except Image.DecompressionBombError:  # Pillow's own check, on a GIF frame or TIFF tile larger than the header said
         raise ImageError(f"{name}: refused as a possible decompression bomb (a frame far larger than the image)") from None
+    except MemoryError:
+        raise ImageError(f"{name}: ran out of memory while decoding it; downscale it or free memory and retry") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{name}: image is corrupt or truncated ({error})") from None
+        raise ImageError(f"{name}: image is corrupt or truncated ({_one_line(error)})") from None
+    except Exception as error:  # a plugin failing on a malformed file
+        raise ImageError(f"{name}: image is malformed and cannot be decoded ({type(error).__name__}: {_one_line(error)}); "
+                         "save or export it again") from None
+
+
+def open_image(source: bytes | bytearray | str | os.PathLike, name: str = "image") -> Image.Image:
+    """Decode an image file or bytes to upright RGB, reduced while decoding if big; raise ImageError on failure."""
+    with reading(name):
+        if isinstance(source, (bytes, bytearray)):
+            return _decode(io.BytesIO(source), len(source), name, source)
+        with open(source, "rb") as handle:
+            return _decode(handle, os.fstat(handle.fileno()).st_size, name)
 
 
 def _undecoded_jpeg(image: Image.Image) -> bytes | None:
@@ -296,13 +410,14 @@ def _undecoded_jpeg(image: Image.Image) -> bytes | None:
 
 def load_image(image: ImageInput, name: str | None = None) -> Image.Image:
     """Turn a path, bytes, PIL image or array into an upright RGB PIL image, big ones reduced."""
-    if isinstance(image, Image.Image):
-        data = _undecoded_jpeg(image)
-        return open_image(data, name or "image") if data is not None else _pil_to_rgb(image)
-    if isinstance(image, np.ndarray):
-        return _array_to_rgb(image)
     if isinstance(image, (bytes, bytearray)):
         return open_image(bytes(image), name or "image bytes")
     if isinstance(image, (str, os.PathLike)):
         return open_image(image, name or str(image))
+    with reading(name or "image"):
+        if isinstance(image, Image.Image):
+            data = _undecoded_jpeg(image)
+            return open_image(data, name or "image") if data is not None else _pil_to_rgb(image)
+        if isinstance(image, np.ndarray):
+            return _array_to_rgb(image)
     raise ImageError(f"cannot read an image from {type(image).__name__}; pass a path, bytes, PIL image or array")

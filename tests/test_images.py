@@ -1,8 +1,10 @@
 """Every supported format and mode decodes to RGB; bad files give one clear ImageError."""
 import io
+import json
 import struct
 import subprocess
 import sys
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -276,3 +278,131 @@ def test_reading_what_load_image_returned_changes_nothing(tmp_path):
         again = load_image(once)
         assert again.size == once.size and np.array_equal(np.asarray(again), np.asarray(once))
     assert load_image(buffer.getvalue()).size == (100, 200)  # turned upright once
+
+
+# ---- JPEG scans: a budget read from the markers, before decoding ----------------------------
+
+def many_scan_jpeg(side: int, scans: int) -> bytes:
+    """A grey progressive JPEG whose last scan is repeated: each copy is ~100 bytes and another pass over the image."""
+    data = encode(Image.new("L", (side, side), 128), "JPEG", progressive=True)
+    last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last:end] * (scans - data.count(b"\xff\xda")) + data[end:]
+
+
+def test_jpeg_layout_counts_scans_and_the_coefficient_buffer():
+    from captioner.jpeg_layout import read_jpeg_layout
+
+    baseline, progressive = encode(RGB, "JPEG"), encode(RGB, "JPEG", progressive=True, subsampling=0)
+    assert (read_jpeg_layout(baseline, RGB.size).scans, read_jpeg_layout(baseline, RGB.size).coefficient_bytes) == (1, 0)
+    layout = read_jpeg_layout(progressive, RGB.size)
+    assert layout.progressive and layout.scans == 10  # libjpeg's script for colour
+    assert layout.coefficient_bytes == 2 * 3 * 40 * 64  # 2 bytes a coefficient, 3 components of 40 x 64 (whole blocks)
+    # Markers inside a segment (an EXIF thumbnail is a whole JPEG) are not the photo's scans.
+    thumbnail = b"Exif\x00\x00" + encode(RGB, "JPEG", progressive=True)
+    with_app1 = progressive[:2] + b"\xff\xe1" + struct.pack(">H", len(thumbnail) + 2) + thumbnail + progressive[2:]
+    assert read_jpeg_layout(with_app1, RGB.size).scans == 10
+    assert load_image(with_app1).size == RGB.size
+
+
+def test_many_scan_jpegs_are_refused_from_their_markers_in_one_line(tmp_path):
+    """Issue 17: an 8000 x 8000 JPEG with its last scan repeated 200 times (270 KB) took 16.7 s to decode."""
+    (tmp_path / "scans.jpg").write_bytes(many_scan_jpeg(1000, 150))
+    for source in (tmp_path / "scans.jpg", many_scan_jpeg(4000, 80)):
+        started = time.perf_counter()
+        with pytest.raises(ImageError) as refused:
+            load_image(source)
+        assert time.perf_counter() - started < 1
+        assert "\n" not in str(refused.value) and "re-save it as a baseline (not progressive) JPEG" in str(refused.value)
+    assert str(refused.value).startswith("image bytes: 4,000 x 4,000 JPEG with 80 scans is too slow to decode (1.3 billion samples scanned")
+    assert load_image(many_scan_jpeg(1000, 100)).size == (1000, 1000)  # the limit itself passes
+    assert load_image(encode(Image.new("RGB", (4000, 3000)), "JPEG", progressive=True)).size == (2000, 1500)  # a real one
+
+
+# ---- any failure inside a decoder is the photo's one-line error ----------------------------
+
+def tiff_with_float_strip_offsets() -> bytes:
+    """Issue 17: a TIFF whose StripOffsets tag has type FLOAT made Pillow raise TypeError."""
+    data = bytearray(encode(RGB, "TIFF"))
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (count,) = struct.unpack_from("<H", data, ifd)
+    entry = next(ifd + 2 + 12 * i for i in range(count) if struct.unpack_from("<H", data, ifd + 2 + 12 * i)[0] == 273)
+    struct.pack_into("<H", data, entry + 2, 11)  # type 11: FLOAT
+    return bytes(data)
+
+
+def test_a_tiff_tag_of_the_wrong_type_is_the_photos_one_line_error(tmp_path):
+    (tmp_path / "bad.tif").write_bytes(tiff_with_float_strip_offsets())
+    for source, name in ((tmp_path / "bad.tif", str(tmp_path / "bad.tif")), (tiff_with_float_strip_offsets(), "image bytes")):
+        with pytest.raises(ImageError) as error:
+            load_image(source)
+        assert str(error.value) == (f"{name}: image is malformed and cannot be decoded (TypeError: 'float' object cannot be "
+                                    "interpreted as an integer); save or export it again")
+
+
+@pytest.mark.parametrize("failure, message", [
+    (ZeroDivisionError("division by zero"), "malformed and cannot be decoded (ZeroDivisionError: division by zero)"),
+    (struct.error("unpack requires a buffer of 4 bytes"), "malformed and cannot be decoded (error: unpack requires"),
+    (IndexError("tuple index\nout of range"), "malformed and cannot be decoded (IndexError: tuple index out of range)"),
+    (MemoryError(), "ran out of memory while decoding it"),
+    (SyntaxError("not a TIFF file"), "corrupt or truncated (not a TIFF file)"),
+])
+def test_any_exception_while_decoding_is_the_photos_one_line_error(monkeypatch, failure, message):
+    def failing_load(self):
+        raise failure
+
+    sources = (encode(RGB, "PNG"), Image.open(io.BytesIO(encode(RGB.convert("P"), "PNG"))))  # bytes, and a PIL image not yet decoded
+    monkeypatch.setattr(captioner.images.ImageFile.ImageFile, "load", failing_load)
+    for source in sources:
+        with pytest.raises(ImageError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
+            load_image(source)
+        assert "\n" not in str(error.value)
+
+
+def test_keyboard_interrupt_while_decoding_is_not_swallowed(monkeypatch):
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    data = encode(RGB, "PNG")
+    monkeypatch.setattr(captioner.images.ImageFile.ImageFile, "load", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_image(data)
+
+
+# ---- the commands go on past a photo they cannot read --------------------------------------
+
+@pytest.fixture
+def bad_and_good(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "bad.tif").write_bytes(tiff_with_float_strip_offsets())
+    (folder / "good.jpg").write_bytes((Path(__file__).parents[1] / "examples" / "astronaut.jpg").read_bytes())
+    return folder
+
+
+def test_caption_prints_an_error_line_for_the_bad_photo_and_captions_the_good_one(bad_and_good, capsys):
+    assert main(["--threads", "1", "caption", str(bad_and_good / "bad.tif"), str(bad_and_good / "good.jpg")]) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"captioner: {bad_and_good / 'bad.tif'}: image is malformed and cannot be decoded (TypeError: 'float' object "
+                                "cannot be interpreted as an integer); save or export it again"]
+    assert out.startswith(f"{bad_and_good / 'good.jpg'}\t") and len(out.splitlines()) == 1
+
+
+def test_caption_output_writes_the_good_records_past_a_bad_photo(bad_and_good, tmp_path, capsys):
+    output = tmp_path / "captions.jsonl"
+    assert main(["--threads", "1", "caption", str(bad_and_good), "--output", str(output), "--quiet"]) == 1
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [record["path"] for record in records] == [str(bad_and_good / "good.jpg")] and records[0]["captions"]
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "bad.tif: image is malformed" in err and "Traceback" not in err
+    assert main(["--threads", "1", "caption", str(bad_and_good), "--output", str(output), "--quiet"]) == 1  # a rerun goes on too
+    assert len(output.read_text().splitlines()) == 1
+
+
+def test_feature_caching_skips_the_bad_photo(bad_and_good, tmp_path, encoder):
+    from captioner.datasets import CaptionDataset, ImageRecord
+    from captioner.features import feature_cache
+
+    dataset = CaptionDataset("photos", bad_and_good, [ImageRecord("bad.tif", ["a photo"], "train"), ImageRecord("good.jpg", ["a photo"], "train")])
+    cache = feature_cache(dataset, encoder.name, tmp_path / "cache", ["bad.tif", "good.jpg"], encoder=encoder, device="cpu", workers=0, progress=False, log=lambda _: None)
+    assert cache.complete and cache.unreadable == ["bad.tif"]
+    assert "TypeError" in cache.unreadable_reasons()["bad.tif"]

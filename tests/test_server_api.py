@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import logging
+import random
 import re
 import socket
 import struct
@@ -37,7 +38,8 @@ from pydantic import ValidationError
 from captioner.api import pretrained_path
 from captioner.errors import CaptionerError
 from captioner.server import Settings, create_app
-from captioner.server.app import MULTIPART_OVERHEAD, InferenceQueue, caption_batcher, openapi_3_0
+from captioner.server import app as server_app
+from captioner.server.app import MULTIPART_OVERHEAD, ApiError, DecodeMemory, InferenceQueue, PhotoDecoder, caption_batcher, openapi_3_0
 from captioner.server.batching import CaptionBatcher
 from captioner.server.connections import uvicorn_config
 from captioner.server.security_headers import PAGE_POLICY
@@ -87,11 +89,25 @@ def encoded(image: Image.Image, format: str, **options) -> bytes:
     return buffer.getvalue()
 
 
+def many_scan_jpeg(side: int, scans: int) -> bytes:
+    """A grey progressive JPEG whose last scan is repeated: each copy is ~100 bytes and another pass over the image."""
+    data = encoded(Image.new("L", (side, side), 128), "JPEG", progressive=True)
+    last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last:end] * (scans - data.count(b"\xff\xda")) + data[end:]
+
+
+def with_frame_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """The JPEG with another size in its frame header: what a header claims, without the pixels' encoding time."""
+    frame = next(jpeg.index(marker) for marker in (b"\xff\xc0", b"\xff\xc2") if marker in jpeg)
+    return jpeg[: frame + 5] + struct.pack(">HH", height, width) + jpeg[frame + 9 :]
+
+
 def app_sharing_model(client, inference_threads: int = 1, **settings):
     """A fresh app with its own settings and queue but the module's loaded model (no second lifespan)."""
     app = create_app(Settings(inference_threads=inference_threads, **settings))
     app.state.captioner = client.app.state.captioner
     app.state.inference_queue = InferenceQueue(app.state.settings.queue_size, inference_threads)
+    app.state.photo_decoder = PhotoDecoder(app.state.settings)
     app.state.batcher = caption_batcher(app.state.captioner, app.state.inference_queue, app.state.settings)
     return app
 
@@ -128,6 +144,7 @@ def uvicorn_serving(app) -> Iterator[int]:
         server.should_exit = True
         thread.join(timeout=10)
         app.state.inference_queue.shutdown()
+        app.state.photo_decoder.shutdown()
 
 
 def start_raw_upload(port: int, body: bytes, content_length: int) -> socket.socket:
@@ -354,6 +371,7 @@ def test_slow_upload_is_408(client):
     app = create_app(Settings(upload_timeout=0.2))
     app.state.captioner = client.app.state.captioner  # share the loaded model instead of a second lifespan
     app.state.inference_queue = InferenceQueue(capacity=1, threads=1)
+    app.state.photo_decoder = PhotoDecoder(app.state.settings)
     pulled = 0
 
     async def receive():
@@ -369,6 +387,7 @@ def test_slow_upload_is_408(client):
     assert time.monotonic() - started < 2
     assert app.state.inference_queue.admitted == 0  # the slot was given back
     app.state.inference_queue.shutdown()
+    app.state.photo_decoder.shutdown()
 
 
 def test_docs_read_an_openapi_3_0_schema(client):
@@ -637,8 +656,98 @@ def test_upload_memory_is_bounded_and_given_back(client, astronaut):
     assert post_image(test_client, astronaut).status_code == 200
     assert memory.held == 0
     app.state.inference_queue.shutdown()
+    app.state.photo_decoder.shutdown()
     with pytest.raises(ValidationError, match="upload_memory"):
         Settings(max_upload_bytes=1024 * 1024, upload_memory=1024 * 1024)
+
+
+# ---- decoding: its own threads, a work budget and a memory budget ---------------------------
+
+def test_many_scan_jpeg_is_a_quick_422_and_other_photos_are_captioned_meanwhile(client, astronaut):
+    """Issue 17: a 16-megapixel JPEG with 400 scans took ~8 s to decode, on the inference thread."""
+    slow = many_scan_jpeg(4000, 400)
+    assert len(slow) < 200_000
+    app = app_sharing_model(client)
+    with uvicorn_serving(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http, ThreadPoolExecutor(2) as pool:
+        started = time.monotonic()
+        refused = pool.submit(post_image, http, slow, "scans.jpg")
+        normal = pool.submit(post_image, http, astronaut)
+        error = assert_error(refused.result(), 422, "image_too_costly")
+        assert time.monotonic() - started < 5
+        assert normal.result().status_code == 200
+        assert time.monotonic() - started < 10  # a caption's time, not a slow decode's
+    assert error["message"].startswith("JPEG with 400 scans is over the limit of 100") and "baseline" in error["message"]
+
+
+def test_decoding_runs_on_its_own_threads_beside_inference(client, astronaut, monkeypatch):
+    """A photo whose decoding is held up does not delay another photo's caption."""
+    real_decode_photo = server_app.decode_photo
+    held_photo = encoded(Image.new("RGB", (64, 48), (10, 200, 30)), "PNG")
+    release, threads = threading.Event(), []
+
+    def decode_photo(data, preprocess_config):
+        threads.append(threading.current_thread().name)
+        if data == held_photo:
+            assert release.wait(60)
+        return real_decode_photo(data, preprocess_config)
+
+    monkeypatch.setattr(server_app, "decode_photo", decode_photo)
+    app = app_sharing_model(client)
+    with uvicorn_serving(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http, ThreadPoolExecutor(1) as pool:
+        held = pool.submit(post_image, http, held_photo, "held.png")
+        try:
+            assert wait_until(lambda: len(threads) == 1), "the held photo was not decoded"
+            assert post_image(http, astronaut).status_code == 200  # while the other photo is still being decoded
+            assert not held.done()
+        finally:
+            release.set()
+        assert held.result().status_code == 200
+    assert len(threads) == 2 and all(name.startswith("captioner-decode") for name in threads), threads
+
+
+def test_decode_memory_is_never_exceeded_and_always_given_back():
+    async def scenario():
+        memory, rng, inside, most = DecodeMemory(capacity=100, wait=30), random.Random(0), 0, 0
+
+        async def decode(size: int) -> None:
+            nonlocal inside, most
+            async with memory.hold(size, "a photo"):
+                inside += size
+                most = max(most, inside)
+                await asyncio.sleep(0)  # let the others try to get in meanwhile
+                inside -= size
+
+        await asyncio.gather(*(decode(rng.randint(1, 100)) for _ in range(300)))
+        assert memory.held == 0 and most <= 100 and memory.most_held == most > 50
+        with pytest.raises(ApiError) as alone_too_big:
+            async with memory.hold(101, "this photo"):
+                pass
+        assert alone_too_big.value.status == 422 and alone_too_big.value.code == "image_too_costly"
+        short = DecodeMemory(capacity=100, wait=0.05)
+        async with short.hold(60, "one photo"):
+            with pytest.raises(ApiError) as busy:
+                async with short.hold(60, "another"):
+                    pass
+        assert busy.value.status == 503 and busy.value.headers == {"Retry-After": "2"}
+        async with short.hold(100, "a third"):  # everything was given back, the refused wait included
+            assert short.held == 100
+
+    asyncio.run(scenario())
+
+
+def test_photos_that_need_more_than_the_decode_memory_are_a_422(client):
+    """Issue 17: an 8000 x 8000 progressive 4:4:4 JPEG of 751 KB took the server to 845 MiB."""
+    progressive = with_frame_size(encoded(Image.new("RGB", (1000, 1000), (90, 140, 200)), "JPEG", progressive=True, subsampling=0, quality=50), 8000, 8000)
+    error = assert_error(post_image(client, progressive), 422, "image_too_costly")
+    assert error["message"].startswith("Decoding this 8,000 x 8,000 progressive JPEG needs about 38") and "72 MiB" in error["message"]
+    app = app_sharing_model(client, decode_memory=8 * 1024 * 1024)
+    test_client = TestClient(app)  # no `with`: no second lifespan
+    error = assert_error(post_image(test_client, encoded(Image.new("RGB", (2000, 1500), (1, 2, 3)), "PNG")), 422, "image_too_costly")
+    assert "2,000 x 1,500 PNG needs about 15 MiB, more than the 8 MiB" in error["message"]
+    assert post_image(test_client, encoded(Image.new("RGB", (1000, 750), (1, 2, 3)), "PNG")).status_code == 200
+    assert app.state.photo_decoder.memory.held == 0
+    app.state.inference_queue.shutdown()
+    app.state.photo_decoder.shutdown()
 
 
 def test_uploads_never_touch_disk_nor_logs(client, monkeypatch, caplog):

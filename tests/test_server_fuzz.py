@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import logging
 import random
-import struct
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,12 +16,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from captioner.server import Settings, create_app
+from mutations import mutated_photo
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 CLIENT_ERRORS = {400, 408, 413, 415, 422}
 PHOTO_CASES, FORM_CASES = 300, 200
-INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFE, 0xFF)
-INTERESTING_INTEGERS = (0, 1, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0xFFFFFFFF)
 
 
 @pytest.fixture(scope="module")
@@ -52,70 +49,6 @@ def _encoded(image: Image.Image, format: str, options: dict) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format, **options)
     return buffer.getvalue()
-
-
-# ---- mutations of a photo's bytes ---------------------------------------------------------
-
-def flip_bits(rng: random.Random, data: bytearray, others: list[bytes]) -> bytearray:
-    for _ in range(rng.randint(1, 8)):
-        position = rng.randrange(len(data))
-        data[position] ^= 1 << rng.randrange(8)
-    return data
-
-
-def set_bytes(rng: random.Random, data: bytearray, others: list[bytes]) -> bytearray:
-    for _ in range(rng.randint(1, 4)):
-        data[rng.randrange(len(data))] = rng.choice(INTERESTING_BYTES)
-    return data
-
-
-def set_header_integer(rng: random.Random, data: bytearray, others: list[bytes]) -> bytearray:
-    """Overwrite 2 or 4 bytes near the start, where formats keep their width, height and lengths."""
-    form = rng.choice((">H", "<H", ">I", "<I"))
-    value = rng.choice(INTERESTING_INTEGERS) & (0xFFFF if form.endswith("H") else 0xFFFFFFFF)
-    position = rng.randrange(max(1, min(len(data), 64) - struct.calcsize(form)))
-    data[position:position + struct.calcsize(form)] = struct.pack(form, value)
-    return data
-
-
-def truncate(rng: random.Random, data: bytearray, others: list[bytes]) -> bytearray:
-    return data[: rng.randrange(len(data))]
-
-
-def insert_random(rng: random.Random, data: bytearray, others: list[bytes]) -> bytearray:
-    position = rng.randrange(len(data) + 1)
-    return data[:position] + bytearray(rng.randbytes(rng.randint(1, 64))) + data[position:]
-
-
-def delete_slice(rng: random.Random, data: bytearray, others: list[bytes]) -> bytearray:
-    start = rng.randrange(len(data))
-    return data[:start] + data[start + rng.randint(1, 256):]
-
-
-def duplicate_slice(rng: random.Random, data: bytearray, others: list[bytes]) -> bytearray:
-    start = rng.randrange(len(data))
-    piece = data[start:start + rng.randint(1, 512)]
-    position = rng.randrange(len(data) + 1)
-    return data[:position] + piece + data[position:]
-
-
-def splice(rng: random.Random, data: bytearray, others: list[bytes]) -> bytearray:
-    """One format's head on another's tail."""
-    other = rng.choice(others)
-    return data[: rng.randrange(1, len(data) + 1)] + bytearray(other[rng.randrange(len(other)):])
-
-
-MUTATIONS: list[Callable[[random.Random, bytearray, list[bytes]], bytearray]] = [
-    flip_bits, set_bytes, set_header_integer, truncate, insert_random, delete_slice, duplicate_slice, splice,
-]
-
-
-def mutated_photo(rng: random.Random, seeds: list[bytes]) -> bytes:
-    data = bytearray(rng.choice(seeds))
-    for _ in range(rng.randint(1, 4)):
-        if data:
-            data = rng.choice(MUTATIONS)(rng, data, seeds)
-    return bytes(data)
 
 
 # ---- malformed multipart forms ------------------------------------------------------------

@@ -4,8 +4,9 @@ The model is loaded once, in the app's lifespan, and reached through the `get_ca
 dependency. Uploads are streamed into memory with the size limit checked on every chunk (never
 spooled to disk, never logged), under a per-client read timeout and a shared memory budget. Only a
 fully received upload is admitted to the bounded `InferenceQueue`, so a stalled client never holds
-an inference slot; a full queue answers a quick 503; blocking decode and inference run in its
-thread pool.
+an inference slot; a full queue answers a quick 503. Photos are decoded by `PhotoDecoder` on
+threads of their own, so a slow decode never holds the inference threads, within a budget of
+decoded bytes estimated from each header (`DecodeMemory`); inference runs on the queue's threads.
 """
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ from starlette.requests import ClientDisconnect
 from ..api import Captioner
 from ..encoders import PreprocessConfig, shrink_large
 from ..errors import CaptionerError, ImageError
-from ..images import MAX_PIXELS, TooManyPixelsError, load_image, open_header
+from ..images import MAX_PIXELS, TooCostlyError, TooManyPixelsError, decode_memory, jpeg_layout, load_image, open_header
 from . import schemas
 from .batching import CaptionBatcher
+from .malloc import fix_mmap_threshold
 from .security_headers import SecurityHeaders, inline_script_policy
 
 logger = logging.getLogger("captioner.server")
@@ -71,7 +73,13 @@ class Settings(BaseModel):
     max_batch: int = Field(8, ge=1, le=64, description="Dynamic batching: most photos captioned together (1 turns batching off).")
     device: str | None = Field(None, description="auto (a CUDA GPU when present), cpu, cuda or cuda:N; None: CAPTIONER_DEVICE, else auto.")
     backend: str | None = Field(None, description="pytorch or onnxruntime (the CPU; a model folder is exported in memory at load); None: onnxruntime for an ONNX export folder, else pytorch.")
-    upload_memory: int | None = Field(None, gt=0, description="Bytes of uploads held at once, received or waiting; None: room for 2 x queue_size full uploads. Past it, 503.")
+    upload_memory: int | None = Field(None, gt=0, description="Bytes of uploads held at once, received or waiting; None: room for 3 full uploads (with the decode budget, what keeps the server under 600 MiB). Past it, 503.")
+    decode_memory: int = Field(
+        72 * MB, gt=0,
+        description="Bytes the photos being decoded may hold at once, estimated from each header (a progressive JPEG holds its whole image's coefficients). A photo waits for room, up to decode_wait seconds, then 503; one that alone needs more is refused with 422.",
+    )
+    decode_wait: float = Field(10.0, gt=0, description="Seconds a photo may wait for room in decode_memory; then 503.")
+    decode_threads: int = Field(2, ge=1, description="Photos decoded side by side, on threads of their own: a slow decode never holds the inference threads.")
     header_timeout: float = Field(15.0, gt=0, description="Seconds a connection has to send a request's headers, from opening or from the last answer; then it is closed. Applied by `serve()` (uvicorn has no such timeout).")
     max_connections: int = Field(1000, ge=1, description="Connections open at once; past it the one idle longest is closed (or the new one, when all are busy). Applied by `serve()`.")
 
@@ -83,7 +91,7 @@ class Settings(BaseModel):
 
     @property
     def upload_memory_limit(self) -> int:
-        return self.upload_memory or 2 * max(self.queue_size, 1) * (self.max_upload_bytes + MULTIPART_OVERHEAD)
+        return self.upload_memory or 3 * (self.max_upload_bytes + MULTIPART_OVERHEAD)
 
 
 class ApiError(Exception):
@@ -160,6 +168,75 @@ class UploadMemory:
             self.held -= charged
 
 
+class DecodeMemory:
+    """The bytes photos being decoded hold at once, each estimated from its header before decoding.
+
+    A photo waits (on the event loop) until its estimate fits beside the decodes running; past
+    `wait` seconds it is refused with a 503 to retry, and one larger than the whole budget with a 422.
+    """
+
+    def __init__(self, capacity: int, wait: float):
+        self.capacity, self.wait = capacity, wait
+        self.held = 0  # only touched from the event loop, so no lock is needed
+        self.most_held = 0  # for tests and benchmarks: the most ever held at once
+        self._waiting: list[asyncio.Future] = []
+
+    @asynccontextmanager
+    async def hold(self, size: int, what: str) -> AsyncIterator[None]:
+        if size > self.capacity:
+            raise ApiError(422, "image_too_costly", f"Decoding {what} needs about {size / MB:.0f} MiB, more than the {self.capacity / MB:.0f} MiB "
+                           "this server gives one photo; downscale it or save it as a baseline JPEG and try again.")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait
+        while self.held + size > self.capacity:
+            room = loop.create_future()
+            self._waiting.append(room)
+            try:
+                await asyncio.wait_for(room, max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise ApiError(503, "decoder_busy", "The server is busy decoding other photos; try again in a moment.", {"Retry-After": "2"}) from None
+            finally:
+                if room in self._waiting:
+                    self._waiting.remove(room)
+        self.held += size
+        self.most_held = max(self.most_held, self.held)
+        try:
+            yield
+        finally:
+            self.held -= size
+            for room in self._waiting:  # each waiter checks again whether it fits now
+                if not room.done():
+                    room.set_result(None)
+
+
+class PhotoDecoder:
+    """Decodes uploads on threads of their own, within the `DecodeMemory` budget.
+
+    Decoding used to run on the inference threads, where one slow photo held up every caption.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.memory = DecodeMemory(settings.decode_memory, settings.decode_wait)
+        self.executor = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="captioner-decode")
+
+    async def run(self, function: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    async def decode(self, data: bytes, preprocess_config: PreprocessConfig) -> tuple[Image.Image, schemas.ImageSize, float]:
+        """The photo ready for the encoder, its displayed size, and the milliseconds its decoding took (not its wait)."""
+        started = time.perf_counter()
+        size, cost, what = await self.run(probe_photo, data, self.settings.max_pixels, self.settings.max_pixels_not_jpeg)
+        probed = time.perf_counter() - started
+        async with self.memory.hold(cost, what):
+            started = time.perf_counter()
+            image = await self.run(decode_photo, data, preprocess_config)
+        return image, size, round((probed + time.perf_counter() - started) * 1000, 1)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
 # ---- dependencies -------------------------------------------------------------------------
 
 def get_settings(request: Request) -> Settings:
@@ -181,10 +258,15 @@ def get_upload_memory(request: Request) -> UploadMemory:
     return request.app.state.upload_memory
 
 
+def get_photo_decoder(request: Request) -> PhotoDecoder:
+    return request.app.state.photo_decoder
+
+
 SettingsDependency = Annotated[Settings, Depends(get_settings)]
 CaptionerDependency = Annotated[Captioner, Depends(get_captioner)]
 QueueDependency = Annotated[InferenceQueue, Depends(get_inference_queue)]
 UploadMemoryDependency = Annotated[UploadMemory, Depends(get_upload_memory)]
+DecoderDependency = Annotated[PhotoDecoder, Depends(get_photo_decoder)]
 
 
 # ---- reading the upload -------------------------------------------------------------------
@@ -352,11 +434,12 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(problems) + "."
 
 
-# ---- the blocking work, run on the inference threads --------------------------------------
+# ---- the blocking work, run on the decode threads -----------------------------------------
 
-def decode_photo(data: bytes, max_pixels: int, preprocess_config: PreprocessConfig, max_pixels_not_jpeg: int = MAX_PIXELS) -> tuple[Image.Image, schemas.ImageSize]:
-    """Bytes -> RGB image ready for the encoder, and the photo's displayed size; ApiError if unusable.
-    Formats other than JPEG are decoded at full size first, so they have their own, lower, limit."""
+def probe_photo(data: bytes, max_pixels: int, max_pixels_not_jpeg: int = MAX_PIXELS) -> tuple[schemas.ImageSize, int, str]:
+    """From the header alone: the photo's displayed size, the bytes decoding it will hold at the
+    most, and what it is (for messages); ApiError if unusable. Formats other than JPEG are decoded
+    at full size first, so they have their own, lower, limit."""
     if not data:
         raise ApiError(422, "invalid_image", "The uploaded file is empty; choose a photo.")
     try:
@@ -367,6 +450,9 @@ def decode_photo(data: bytes, max_pixels: int, preprocess_config: PreprocessConf
             limit = max_pixels_not_jpeg // 5 if probe.format == "WEBP" else max_pixels_not_jpeg  # WebP's decoder holds several more copies
             if probe.format != "JPEG" and width * height > limit:
                 raise _too_many_pixels((width, height), limit, f" for {probe.format} (only JPEG decodes at reduced size); save it as JPEG or")
+            layout = jpeg_layout(probe, data, "upload")  # too many scans: refused before decoding
+            cost = decode_memory(probe, layout)
+            what = f"this {width:,} x {height:,} {'progressive ' if layout and layout.progressive else ''}{probe.format}"
             # The base class's getexif reads the header only (PNG's own decodes the whole image)
             if Image.Image.getexif(probe).get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the axes
                 width, height = height, width
@@ -376,15 +462,22 @@ def decode_photo(data: bytes, max_pixels: int, preprocess_config: PreprocessConf
         raise
     except TooManyPixelsError as error:
         raise _too_many_pixels(error.size, error.limit) from None
+    except TooCostlyError as error:
+        raise ApiError(422, "image_too_costly", error.reason[0].upper() + error.reason[1:] + ", and try again.") from None
     except Exception:  # a header PIL recognises but cannot parse
         raise _corrupt_image() from None
+    return schemas.ImageSize(width=width, height=height), cost, what
+
+
+def decode_photo(data: bytes, preprocess_config: PreprocessConfig) -> Image.Image:
+    """Bytes (`probe_photo` accepted them) -> RGB image ready for the encoder; ApiError if it cannot be decoded."""
     try:
         image = load_image(data, name="upload")
     except ImageError:
         raise _corrupt_image() from None
     # The box downscale `preprocess` would apply first, done now so a huge photo's
     # full-size pixels are freed before the encoder runs; the encoder input is unchanged.
-    return shrink_large(image, preprocess_config), schemas.ImageSize(width=width, height=height)
+    return shrink_large(image, preprocess_config)
 
 
 def _too_many_pixels(size: tuple[int, int], max_pixels: int, why: str = ";") -> ApiError:
@@ -400,19 +493,12 @@ def caption_batcher(captioner: Captioner, queue: InferenceQueue, settings: Setti
     return CaptionBatcher(captioner, queue.run, settings.inference_threads, settings.batch_wait_ms / 1000, settings.max_batch)
 
 
-def decode_timed(data: bytes, settings: Settings, preprocess_config: PreprocessConfig) -> tuple[Image.Image, schemas.ImageSize, float]:
-    """`decode_photo`, and how long it took in milliseconds."""
-    started = time.perf_counter()
-    image, size = decode_photo(data, settings.max_pixels, preprocess_config, settings.max_pixels_not_jpeg)
-    return image, size, round((time.perf_counter() - started) * 1000, 1)
-
-
 # ---- routes -------------------------------------------------------------------------------
 
 def _errors(*statuses: int) -> dict:
     descriptions = {
         400: "Malformed multipart body", 408: "Upload too slow", 413: "Upload over the size limit", 415: "Not a supported image, or not multipart/form-data",
-        422: "Bad options, or a corrupt, truncated or too-large image", 503: "Inference queue or upload memory full, or model not loaded; retry",
+        422: "Bad options, or a corrupt, truncated, too-large or too costly image", 503: "Inference queue, upload or decode memory full, or model not loaded; retry",
     }
     return {status: {"model": schemas.ErrorResponse, "description": descriptions[status]} for status in statuses}
 
@@ -431,7 +517,8 @@ UNDRAINED_ERRORS = {"upload_timeout", "upload_too_large", "client_disconnected"}
     responses=_errors(400, 408, 413, 415, 422, 503), openapi_extra=CAPTION_FORM_DOC,
 )
 async def create_caption(
-    request: Request, captioner: CaptionerDependency, queue: QueueDependency, memory: UploadMemoryDependency, settings: SettingsDependency,
+    request: Request, captioner: CaptionerDependency, queue: QueueDependency, memory: UploadMemoryDependency, decoder: DecoderDependency,
+    settings: SettingsDependency,
 ) -> schemas.CaptionResponse:
     """Upload a photo as the multipart field `image`, with optional fields `beam_size` and `num_captions`.
 
@@ -443,7 +530,7 @@ async def create_caption(
         with memory.account() as hold:
             data, options = await read_caption_form(request, settings, hold)
             with queue.slot():  # only now, so a slow or stalled upload never holds an inference slot
-                image, size, decode_ms = await queue.run(decode_timed, data, settings, captioner.preprocess_config)
+                image, size, decode_ms = await decoder.decode(data, captioner.preprocess_config)
                 del data  # the upload's bytes are not needed while the photo waits for its batch
                 captions, timings = await request.app.state.batcher.caption(image, options.beam_size, options.num_captions)
     except ApiError as error:
@@ -535,18 +622,21 @@ def load_captioner(settings: Settings) -> tuple[Captioner, dict]:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
+    fix_mmap_threshold()  # before the model loads: big blocks go back to the system when freed
     try:
         app.state.captioner, app.state.model_metrics = load_captioner(settings)
     except CaptionerError as error:
         app.state.startup_error = str(error)  # serve() reports it as one line
         raise
     app.state.inference_queue = InferenceQueue(settings.queue_size, settings.inference_threads)
+    app.state.photo_decoder = PhotoDecoder(settings)
     app.state.batcher = caption_batcher(app.state.captioner, app.state.inference_queue, settings)
     logger.info("model %s loaded; queue of %d", app.state.captioner.name, settings.queue_size)
     try:
         yield
     finally:
         app.state.inference_queue.shutdown()
+        app.state.photo_decoder.shutdown()
         app.state.captioner = None
 
 
