@@ -132,6 +132,10 @@ def edit_config(change):
     (edit_config(lambda c: {**c, "decoding": {**c["decoding"], "length_penalty": "long"}}), "length_penalty"),
     (edit_config(lambda c: {**c, "encoder": "efficientnet-lite0"}), "trained on 'efficientnet-lite2'"),
     (lambda folder: (folder / "vocabulary.json").write_text("[]"), "vocabulary.json"),
+    (lambda folder: (folder / "config.json").write_bytes((folder / "config.json").read_bytes().replace(b"flickr8k-default", b"flickr8k-d\xe9faut")), "not UTF-8"),
+    (edit_config(lambda c: {**c, "decoder": {**c["decoder"], "max_length": 10**9}}), "max_length must be >= 1 and <= 256"),
+    (edit_config(lambda c: {**c, "preprocess": {**c["preprocess"], "input_size": 1024}}), "input_size must be 224"),
+    (edit_config(lambda c: {**c, "preprocess": {**c["preprocess"], "input_size": 256}}), "input_size must be 224"),
 ])
 def test_broken_model_folder_is_one_line(tmp_path, capsys, edit, named):
     model = broken_copy(tmp_path, edit)
