@@ -11,6 +11,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -278,15 +279,15 @@ def command_features(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     if args.onnx:
         return export_onnx(args)
+    output = Path(args.output)
+    check_export_folder(output, Path(args.model), "--output")
+    if output.exists() and any(output.iterdir()) and not args.force:
+        raise CaptionerError(f"{output} already exists; pass --force to replace the model in it")
     import torch
 
     from .checkpoint import copy_concepts, load_concept_detector, load_model, read_config, save_model
     from .encoders import create_encoder
 
-    output = Path(args.output)
-    check_export_folder(output, Path(args.model), "--output")
-    if output.exists() and any(output.iterdir()) and not args.force:
-        raise CaptionerError(f"{output} already exists; pass --force to replace the model in it")
     decoder, vocabulary, config = load_model(args.model)
     config = {key: value for key, value in config.items() if key not in ("format_version", "decoder")}
     if args.name:
@@ -321,20 +322,36 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def check_export_folder(output: Path, model: Path, flag: str) -> None:
-    """An export's output is a folder (or nothing yet) that neither is nor holds nor sits inside the model being read."""
+    """An export's output is a folder (or nothing yet) that neither is nor holds nor sits inside the
+    model being read, and that can be made and written in: checked before any export work."""
     if output.exists() and not output.is_dir():
         raise CaptionerError(f"{flag} {output} is a file; give a folder to export into")
     if model.exists():
         out, source = output.resolve(), model.resolve()
         if out == source or source in out.parents or out in source.parents:
             raise CaptionerError(f"{flag} {output} is, holds or sits inside the model folder {model}; choose a folder apart from it")
+    check_can_write_folder(output, flag)
+
+
+def check_can_write_folder(folder: Path, flag: str) -> None:
+    """Refuse a folder that could not be made or written in. Tried, not guessed from permissions
+    (root passes every permission check, yet cannot write under /proc or on a read-only mount):
+    a file is made and removed in the folder, or in the nearest folder above it that exists."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CaptionerError(f"{flag} {folder}: {existing} is a file, not a folder; give a folder to write into")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".captioner-write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise CaptionerError(f"{flag} {folder}: cannot write in {existing} ({error.strerror or error}); choose a folder you can write to") from None
 
 
 def export_onnx(args: argparse.Namespace) -> int:
     """`export --onnx OUT`: the model's networks as ONNX files with its config, for `--backend onnxruntime`."""
-    from .api import Captioner
-    from .onnx_export import write_onnx_export
-
     output, model = Path(args.onnx), Path(args.model)
     changes = [flag for flag, value in (("--fp16", args.fp16), ("--name", args.name), ("--length-penalty", args.length_penalty), ("--no-repeat-ngram-size", args.no_repeat_ngram_size),
                ("--person-threshold", args.person_threshold), ("--tag-threshold", args.tag_threshold), ("--animal-floor", args.animal_floor),
@@ -344,6 +361,9 @@ def export_onnx(args: argparse.Namespace) -> int:
     check_export_folder(output, model, "--onnx")
     if output.exists() and any(output.iterdir()) and not args.force:
         raise CaptionerError(f"{output} already exists; pass --force to replace the export in it")
+    from .api import Captioner
+    from .onnx_export import write_onnx_export
+
     captioner = Captioner.load(model, "cpu", backend="pytorch")
     manifest = write_onnx_export(captioner, output)
     size = sum(manifest["files"].values()) / 2**20

@@ -3,6 +3,7 @@ one-line errors for incomplete or foreign export folders and unknown backends.""
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -271,3 +272,39 @@ def test_the_graph_checks_find_what_a_swap_would_break(onnx_captioner):
     other_vocabulary = dataclasses.replace(decoder.config, vocab_size=6000)
     with pytest.raises(GraphMismatch, match=r"decoder_step.onnx: .*output logits is \(\*, 6646\), the config needs \(\*, 6000\)"):
         check_graphs(sessions, PreprocessConfig(), other_vocabulary, 401, per_image, onnx_captioner.path)
+
+
+def unwritable_targets(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    targets = {"under a file": (tmp_path / "afile" / "export", "afile is a file, not a folder"),
+               "deep under a file": (tmp_path / "afile" / "a" / "b", "afile is a file, not a folder")}
+    if Path("/proc/self").is_dir():  # Linux: a folder no one can make files in, root included
+        targets["under /proc"] = (Path("/proc/nope"), "cannot write in /proc")
+    return targets
+
+
+@pytest.mark.parametrize("flag", ["--onnx", "--output"])
+@pytest.mark.parametrize("case", ["under a file", "deep under a file", "under /proc"])
+def test_export_refuses_a_target_it_cannot_write_before_any_work(tmp_path, capsys, monkeypatch, flag, case):
+    targets = unwritable_targets(tmp_path)
+    if case not in targets:
+        pytest.skip("no /proc here")
+    target, named = targets[case]
+    monkeypatch.setattr("captioner.api.Captioner.load", lambda *args, **kwargs: pytest.fail("loaded the model before checking the target"))
+    monkeypatch.setattr("captioner.checkpoint.load_model", lambda *args, **kwargs: pytest.fail("loaded the model before checking the target"))
+    err = one_line_error(capsys, ["export", flag, str(target), "--model", str(pretrained_path())])
+    assert f"{flag} {target}: " in err and named in err, err
+    assert (tmp_path / "afile").read_text() == "mine" and [path.name for path in tmp_path.iterdir()] == ["afile"]
+
+
+def test_export_refuses_a_read_only_target(tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # as on a read-only mount, which a test cannot make
+    err = one_line_error(capsys, ["export", "--onnx", str(tmp_path / "new"), "--model", str(pretrained_path())])
+    assert f"cannot write in {tmp_path} (Read-only file system); choose a folder you can write to" in err
+    assert not (tmp_path / "new").exists()
