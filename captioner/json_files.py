@@ -16,7 +16,8 @@ _KIND_NAMES = {dict: "object", list: "list", str: "string"}
 def read_json(path: str | Path, remedy: str, error: type[CaptionerError] = CaptionerError, expect: type | None = dict):
     """The JSON value in `path` (a `dict` unless `expect` says otherwise; None: any value).
 
-    Raises `error` with the message `PATH: what is wrong; REMEDY` when it cannot be had.
+    Raises `error` with the message `PATH: what is wrong; REMEDY` (no REMEDY where it is empty)
+    when it cannot be had.
     """
     path = Path(path)
     try:
@@ -37,7 +38,7 @@ def read_json(path: str | Path, remedy: str, error: type[CaptionerError] = Capti
         if expect is None or isinstance(value, expect):
             return value
         problem = f"must be a JSON {_KIND_NAMES.get(expect, expect.__name__)}, not {_json_kind(value)}"
-    raise error(f"{path}: {problem}; {remedy}")
+    raise error(f"{path}: {problem}" + (f"; {remedy}" if remedy else ""))
 
 
 def _json_kind(value) -> str:
