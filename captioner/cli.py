@@ -182,18 +182,17 @@ def command_train(args: argparse.Namespace) -> int:
     from .distributed import is_main_process
     from .training import TrainingConfig, train
 
+    from .json_files import read_json
+
     data: dict = {}
     if args.config:
-        try:
-            data = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise CaptionerError(f"cannot read config {args.config}: {error}") from None
+        data = read_json(args.config, "pass --config a JSON object of training settings")
     if args.resume:
         # Resume from the run's saved settings; flags given now (say a larger --epochs) apply on top.
         saved = Path(args.output or data.get("output", "runs/model")) / "training_config.json"
         if not saved.is_file():
             raise CaptionerError(f"nothing to resume: {saved} not found; start a new run without --resume")
-        data = json.loads(saved.read_text())
+        data = read_json(saved, "the run cannot be resumed with it: put back the run's own settings, or start the run again with --force")
     for flag, key in (("dataset", "dataset"), ("images", "images"), ("output", "output"), ("cache", "cache"), ("encoder", "encoder"), ("epochs", "epochs"), ("batch_size", "batch_size"), ("learning_rate", "learning_rate"), ("seed", "seed"), ("limit", "limit"), ("name", "name")):
         if getattr(args, flag) is not None:
             data[key] = getattr(args, flag)
