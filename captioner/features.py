@@ -317,17 +317,23 @@ def _open_or_set_aside(folder: Path, wanted: dict, log: Callable[[str], None]) -
             raise DamagedCache(f"{folder / INDEX}: holds other images, shapes or producer than the folder's name says")
         return cache
     except DamagedCache as damage:
-        aside = folder.with_name(f"{folder.name}{DAMAGED}{time.strftime('%Y%m%d-%H%M%S')}")
-        for number in range(2, 1000):
-            if not aside.exists():
-                break
-            aside = aside.with_name(f"{folder.name}{DAMAGED}{time.strftime('%Y%m%d-%H%M%S')}-{number}")
-        try:
-            folder.rename(aside)
-        except OSError as error:
-            raise CaptionerError(f"{damage.problem}; it could not be moved aside ({error.strerror}): move or delete {folder}, then run again") from None
-        log(f"feature cache damaged ({damage.problem}); moved aside to {aside.name} (delete it once you no longer need it) and building it again")
+        _set_aside(folder, damage.problem, log)
         return None
+
+
+def _set_aside(folder: Path, problem: str, log: Callable[[str], None]) -> None:
+    """Rename a damaged cache to FOLDER.damaged-TIME (-2, -3... where taken), saying so; a user may
+    still want what it holds, so it is never deleted."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, number = folder.with_name(f"{folder.name}{DAMAGED}{stamp}"), 1
+    while aside.exists():
+        number += 1
+        aside = folder.with_name(f"{folder.name}{DAMAGED}{stamp}-{number}")
+    try:
+        folder.rename(aside)
+    except OSError as error:
+        raise CaptionerError(f"{problem}; it could not be moved aside ({error.strerror}): move or delete {folder}, then run again") from None
+    log(f"feature cache damaged ({problem}); moved aside to {aside.name} (delete it once you no longer need it) and building it again")
 
 
 def records_with_features(records: list, *caches: FeatureCache) -> tuple[list, list]:
