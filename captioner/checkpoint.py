@@ -21,8 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from .config_checks import AT_LEAST_ONE, NOT_NEGATIVE, PROBABILITY, ConfigError, Limit, check_fields, check_value
 from .decoders import DecoderConfig, create_decoder
-from .encoders import ENCODERS, PreprocessConfig
+from .encoders import ENCODERS, INPUT_SIZE, PreprocessConfig
 from .errors import CheckpointError
+from .json_files import read_json
 from .vocabulary import Vocabulary
 
 FORMAT_VERSION = 1
@@ -114,19 +115,18 @@ def read_config(folder: str | Path) -> dict:
     for name in (CONFIG, VOCABULARY, WEIGHTS):
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: missing {name}; this is not a complete model folder")
-    try:
-        config = json.loads((folder / CONFIG).read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{folder / CONFIG}: not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{folder / CONFIG}: must be a JSON object, not a {type(config).__name__}; re-export the model")
+    return read_model_config(folder / CONFIG, "retrain the model")
+
+
+def read_model_config(path: Path, redo: str) -> dict:
+    """A model's config.json (of a model folder or an ONNX export folder), checked the same way for
+    both: a JSON object, of this format version, every field `Captioner.load` reads. `redo` says
+    how to make the folder again (retrain, export again)."""
+    config = read_json(path, f"put back the model's own {CONFIG}, or {redo}", CheckpointError)
     if config.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{folder}: model format version {config.get('format_version')} is not {FORMAT_VERSION}; "
-            "retrain it or use the captioner version that wrote it"
-        )
+        raise CheckpointError(f"{path}: model format version {config.get('format_version')!r} is not {FORMAT_VERSION}; use the captioner version that wrote it, or {redo}")
     try:
-        check_model_config(config, folder / CONFIG)
+        check_model_config(config, path)
     except ConfigError as error:
         raise CheckpointError(str(error)) from None
     return config
@@ -141,7 +141,9 @@ def check_model_config(config: dict, where: Path) -> None:
     if config["encoder"] not in ENCODERS:
         raise CheckpointError(f"{where}: encoder must be one of {', '.join(sorted(ENCODERS))}, not {config['encoder']!r}")
     check_value(config.get("name", ""), str, None, f"{where}: name")
-    check_fields(PreprocessConfig, config.get("preprocess", {}), PREPROCESS_LIMITS, f"{where}: preprocess")
+    preprocess = check_fields(PreprocessConfig, config.get("preprocess", {}), PREPROCESS_LIMITS, f"{where}: preprocess")
+    if preprocess.get("input_size", INPUT_SIZE) != INPUT_SIZE:  # the encoder's graph and the decoder's grid are fixed at it
+        raise CheckpointError(f"{where}: preprocess.input_size must be {INPUT_SIZE}, the size {config['encoder']} takes, not {preprocess['input_size']!r}")
     decoding = config.get("decoding", {})
     if not isinstance(decoding, dict):
         raise CheckpointError(f"{where}: decoding must be an object, not {decoding!r}")
@@ -162,7 +164,7 @@ def check_model_config(config: dict, where: Path) -> None:
         raise CheckpointError(str(error)) from None
 
 
-PREPROCESS_LIMITS = {"input_size": Limit(32, 1024), "mean": Limit(), "std": Limit(0, low_open=True)}
+PREPROCESS_LIMITS = {"mean": Limit(), "std": Limit(0, low_open=True)}
 
 
 def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Vocabulary, dict]:
@@ -237,10 +239,4 @@ def read_metrics(folder: str | Path) -> dict:
     path = Path(folder) / METRICS
     if not path.is_file():
         return {}
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointError(f"{path}: not valid JSON ({error}); delete it or rerun `captioner evaluate --save-metrics`") from None
-    if not isinstance(metrics, dict):
-        raise CheckpointError(f"{path}: must be a JSON object, not a {type(metrics).__name__}; delete it or rerun `captioner evaluate --save-metrics`")
-    return metrics
+    return read_json(path, "delete it or rerun `captioner evaluate --save-metrics`", CheckpointError)

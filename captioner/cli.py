@@ -11,6 +11,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -217,18 +218,17 @@ def command_train(args: argparse.Namespace) -> int:
     from .distributed import is_main_process
     from .training import TrainingConfig, train
 
+    from .json_files import read_json
+
     data: dict = {}
     if args.config:
-        try:
-            data = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise CaptionerError(f"cannot read config {args.config}: {error}") from None
+        data = read_json(args.config, "pass --config a JSON object of training settings")
     if args.resume:
         # Resume from the run's saved settings; flags given now (say a larger --epochs) apply on top.
         saved = Path(args.output or data.get("output", "runs/model")) / "training_config.json"
         if not saved.is_file():
             raise CaptionerError(f"nothing to resume: {saved} not found; start a new run without --resume")
-        data = json.loads(saved.read_text())
+        data = read_json(saved, "the run cannot be resumed with it: put back the run's own settings, or start the run again with --force")
     for flag, key in (("dataset", "dataset"), ("images", "images"), ("output", "output"), ("cache", "cache"), ("encoder", "encoder"), ("epochs", "epochs"), ("batch_size", "batch_size"), ("learning_rate", "learning_rate"), ("seed", "seed"), ("limit", "limit"), ("name", "name")):
         if getattr(args, flag) is not None:
             data[key] = getattr(args, flag)
@@ -314,15 +314,15 @@ def command_features(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     if args.onnx:
         return export_onnx(args)
+    output = Path(args.output)
+    check_export_folder(output, Path(args.model), "--output")
+    if output.exists() and any(output.iterdir()) and not args.force:
+        raise CaptionerError(f"{output} already exists; pass --force to replace the model in it")
     import torch
 
     from .checkpoint import copy_concepts, load_concept_detector, load_model, read_config, save_model
     from .encoders import create_encoder
 
-    output = Path(args.output)
-    check_export_folder(output, Path(args.model), "--output")
-    if output.exists() and any(output.iterdir()) and not args.force:
-        raise CaptionerError(f"{output} already exists; pass --force to replace the model in it")
     decoder, vocabulary, config = load_model(args.model)
     config = {key: value for key, value in config.items() if key not in ("format_version", "decoder")}
     if args.name:
@@ -357,20 +357,36 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def check_export_folder(output: Path, model: Path, flag: str) -> None:
-    """An export's output is a folder (or nothing yet) that neither is nor holds nor sits inside the model being read."""
+    """An export's output is a folder (or nothing yet) that neither is nor holds nor sits inside the
+    model being read, and that can be made and written in: checked before any export work."""
     if output.exists() and not output.is_dir():
         raise CaptionerError(f"{flag} {output} is a file; give a folder to export into")
     if model.exists():
         out, source = output.resolve(), model.resolve()
         if out == source or source in out.parents or out in source.parents:
             raise CaptionerError(f"{flag} {output} is, holds or sits inside the model folder {model}; choose a folder apart from it")
+    check_can_write_folder(output, flag)
+
+
+def check_can_write_folder(folder: Path, flag: str) -> None:
+    """Refuse a folder that could not be made or written in. Tried, not guessed from permissions
+    (root passes every permission check, yet cannot write under /proc or on a read-only mount):
+    a file is made and removed in the folder, or in the nearest folder above it that exists."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CaptionerError(f"{flag} {folder}: {existing} is a file, not a folder; give a folder to write into")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".captioner-write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise CaptionerError(f"{flag} {folder}: cannot write in {existing} ({error.strerror or error}); choose a folder you can write to") from None
 
 
 def export_onnx(args: argparse.Namespace) -> int:
     """`export --onnx OUT`: the model's networks as ONNX files with its config, for `--backend onnxruntime`."""
-    from .api import Captioner
-    from .onnx_export import write_onnx_export
-
     output, model = Path(args.onnx), Path(args.model)
     changes = [flag for flag, value in (("--fp16", args.fp16), ("--name", args.name), ("--length-penalty", args.length_penalty), ("--no-repeat-ngram-size", args.no_repeat_ngram_size),
                ("--person-threshold", args.person_threshold), ("--tag-threshold", args.tag_threshold), ("--animal-floor", args.animal_floor),
@@ -380,6 +396,9 @@ def export_onnx(args: argparse.Namespace) -> int:
     check_export_folder(output, model, "--onnx")
     if output.exists() and any(output.iterdir()) and not args.force:
         raise CaptionerError(f"{output} already exists; pass --force to replace the export in it")
+    from .api import Captioner
+    from .onnx_export import write_onnx_export
+
     captioner = Captioner.load(model, "cpu", backend="pytorch")
     manifest = write_onnx_export(captioner, output)
     size = sum(manifest["files"].values()) / 2**20

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .concepts import SOURCE_PAD, Concepts
-from .config_checks import AT_LEAST_ONE, FRACTION_BELOW_ONE, NOT_NEGATIVE, ConfigError, check_fields
+from .config_checks import AT_LEAST_ONE, FRACTION_BELOW_ONE, NOT_NEGATIVE, ConfigError, Limit, check_fields
 from .errors import CheckpointError
 
 State = dict[str, "torch.Tensor | ImageState"]
@@ -70,10 +70,11 @@ class DecoderConfig:
         return config
 
 
+MAX_LENGTH = 256  # words a caption may have at most: generous for sentences, and its buffers stay small
 DECODER_LIMITS = {
     "vocab_size": NOT_NEGATIVE, "feature_dim": AT_LEAST_ONE, "grid_size": AT_LEAST_ONE, "embed_dim": AT_LEAST_ONE,
     "hidden_dim": AT_LEAST_ONE, "num_layers": AT_LEAST_ONE, "num_heads": AT_LEAST_ONE, "attention_dim": AT_LEAST_ONE,
-    "dropout": FRACTION_BELOW_ONE, "max_length": AT_LEAST_ONE, "max_concepts": NOT_NEGATIVE,
+    "dropout": FRACTION_BELOW_ONE, "max_length": Limit(1, MAX_LENGTH), "max_concepts": NOT_NEGATIVE,
 }
 
 

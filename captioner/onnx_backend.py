@@ -9,7 +9,6 @@ folder, which is then exported in memory at load (1.0 s, against 0.53 s on PyTor
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -20,13 +19,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from .checkpoint import CONCEPTS, CONFIG, PERSON_BY_CLASS, VOCABULARY, check_model_config
+from .checkpoint import CONCEPTS, CONFIG, PERSON_BY_CLASS, VOCABULARY, read_model_config
 from .concepts import MAX_CONCEPT_WORDS, SOURCE_PAD, ConceptDetector, ConceptTable, Concepts
 from .config_checks import ConfigError
 from .decoders import DecoderConfig, Features, State, image_blocks
 from .devices import DEVICE_ENVIRONMENT_VARIABLE, resolve_device
 from .encoders import PreprocessConfig
 from .errors import CaptionerError, CheckpointError
+from .json_files import read_json
+from .onnx_checks import check_graphs
 from .onnx_encoder import OnnxRuntimeEncoder, onnx_session
 from .onnx_export import (
     DECODER_PREPARE, DECODER_STEP, ENCODER, FEATURE_INPUTS, IMAGENET_HEAD, MANIFEST, NEXT, ONNX_FORMAT_VERSION, WORD_DETECTORS,
@@ -169,17 +170,20 @@ def _session(model: bytes | Path, where: Path | str):
         raise CheckpointError(f"{where}: not a readable ONNX graph ({str(error).splitlines()[0][:200]}); export the model again") from None
 
 
-def _concept_detector(files: dict[str, bytes | Path], config: dict, feature_dim: int, where: Path) -> ConceptDetector:
-    """A `ConceptDetector` whose ImageNet head and word detectors run the exported graphs."""
+def _detector_words(config: dict, where: Path) -> list[str]:
     settings = config.get("concepts") or {}
-    words = settings.get("detector_words", []) if settings else []
+    words = settings.get("detector_words", [])
     if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
         raise CheckpointError(f"{where / CONFIG}: concepts.detector_words must be a list of words; export the model again")
-    detector = ConceptDetector(ConceptTable.load(), OnnxNetwork(_session(files[IMAGENET_HEAD], where / IMAGENET_HEAD)), words, feature_dim, int(settings.get("hidden_dim", 256)))
+    return words
+
+
+def _concept_detector(sessions: dict, files: dict[str, bytes | Path], config: dict, feature_dim: int, where: Path) -> ConceptDetector:
+    """A `ConceptDetector` whose ImageNet head and word detectors run the exported graphs."""
+    settings = config.get("concepts") or {}
+    detector = ConceptDetector(ConceptTable.load(), OnnxNetwork(sessions[IMAGENET_HEAD]), _detector_words(config, where), feature_dim, int(settings.get("hidden_dim", 256)))
     if detector.detector is not None:
-        if WORD_DETECTORS not in files:
-            raise CheckpointError(f"{where}: missing {WORD_DETECTORS}; the ONNX export is incomplete, export the model again")
-        detector.detector = OnnxWordDetector(_session(files[WORD_DETECTORS], where / WORD_DETECTORS))
+        detector.detector = OnnxWordDetector(sessions[WORD_DETECTORS])
     if CONCEPTS in files:
         data = files[CONCEPTS]
         try:
@@ -193,60 +197,68 @@ def _concept_detector(files: dict[str, bytes | Path], config: dict, feature_dim:
 
 
 def _captioner(captioner_class, files: dict[str, bytes | Path], per_image: list[str], encoder, vocabulary: Vocabulary, decoder_config: DecoderConfig, config: dict, path: Path | None):
-    """A `Captioner` whose decoder and concept detector run `files` (name -> bytes or a file) in ONNX Runtime."""
+    """A `Captioner` whose decoder and concept detector run `files` (name -> bytes or a file) in
+    ONNX Runtime, every graph checked against the config first."""
     where = path or Path("in-memory export")
-    decoder = OnnxDecoder(decoder_config, _session(files[DECODER_PREPARE], where / DECODER_PREPARE), _session(files[DECODER_STEP], where / DECODER_STEP), per_image)
-    detector = _concept_detector(files, config, decoder_config.feature_dim, where)
+    sessions = {name: _session(data, where / name) for name, data in files.items() if name.endswith(".onnx") and name != ENCODER}
+    sessions[ENCODER] = encoder.session
+    preprocess = PreprocessConfig(**config.get("preprocess", {}))
+    check_graphs(sessions, preprocess, decoder_config, len(_detector_words(config, where)), per_image, where)
+    decoder = OnnxDecoder(decoder_config, sessions[DECODER_PREPARE], sessions[DECODER_STEP], per_image)
+    detector = _concept_detector(sessions, files, config, decoder_config.feature_dim, where)
     return captioner_class(encoder, decoder, vocabulary, config, path, torch.device("cpu"), concept_detector=detector)
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error}); export the model again") from None
+EXPORT_AGAIN = "export the model again with captioner export --onnx"
 
 
 def read_export(folder: Path) -> tuple[dict, dict[str, Path]]:
-    """The manifest and the files of an export folder, checked: complete, of this format version, none truncated."""
+    """The manifest and the files of an export folder, checked: complete, of this format version,
+    every entry of the right type, none truncated."""
     if not (folder / MANIFEST).is_file():
-        raise CheckpointError(f"{folder}: missing {MANIFEST}; the ONNX export is incomplete (interrupted?), export the model again with captioner export --onnx")
-    manifest = _read_json(folder / MANIFEST)
-    if not isinstance(manifest, dict) or manifest.get("format") != "captioner-onnx":
-        raise CheckpointError(f"{folder / MANIFEST}: not a captioner ONNX manifest; export the model again with captioner export --onnx")
+        raise CheckpointError(f"{folder}: missing {MANIFEST}; the ONNX export is incomplete (interrupted?), {EXPORT_AGAIN}")
+    manifest = read_json(folder / MANIFEST, EXPORT_AGAIN, CheckpointError)
+    if manifest.get("format") != "captioner-onnx":
+        raise CheckpointError(f"{folder / MANIFEST}: not a captioner ONNX manifest; {EXPORT_AGAIN}")
     if manifest.get("format_version") != ONNX_FORMAT_VERSION:
         raise CheckpointError(
             f"{folder}: ONNX export format version {manifest.get('format_version')!r} (written by captioner {manifest.get('captioner_version', '?')}) "
             f"is not {ONNX_FORMAT_VERSION}; export the model again with this captioner, or use the captioner version that wrote it"
         )
-    sizes = manifest.get("files")
-    decoder = manifest.get("decoder")
-    if not isinstance(sizes, dict) or not isinstance(decoder, dict) or not isinstance(decoder.get("per_image_state"), list):
-        raise CheckpointError(f"{folder / MANIFEST}: lists no files or decoder state; export the model again")
+    sizes, decoder = manifest.get("files"), manifest.get("decoder")
+    if not isinstance(sizes, dict):
+        raise CheckpointError(f"{folder / MANIFEST}: files must map each file of the export to its size, not {str(sizes)[:80]}; {EXPORT_AGAIN}")
+    for name, size in sizes.items():
+        if name != Path(name).name or name.startswith("."):  # a file of this folder, nothing outside it
+            raise CheckpointError(f"{folder / MANIFEST}: files lists {name!r}, not a file name of the export; {EXPORT_AGAIN}")
+        if type(size) is not int or size < 0:
+            raise CheckpointError(f"{folder / MANIFEST}: the size of {name} must be a whole number of bytes, not {size!r}; {EXPORT_AGAIN}")
+    per_image = decoder.get("per_image_state") if isinstance(decoder, dict) else None
+    if not isinstance(per_image, list) or not all(isinstance(name, str) for name in per_image):
+        raise CheckpointError(f"{folder / MANIFEST}: decoder.per_image_state must be a list of state names, not {str(per_image)[:80]}; {EXPORT_AGAIN}")
     for name in sorted(set(REQUIRED_FILES) | set(sizes)):
         if not (folder / name).is_file():
-            raise CheckpointError(f"{folder}: missing {name}; the ONNX export is incomplete, export the model again")
-        if name in sizes and (folder / name).stat().st_size != sizes[name]:
-            raise CheckpointError(f"{folder / name}: {(folder / name).stat().st_size} bytes, the manifest says {sizes[name]}; the file is damaged or from another export, export the model again")
+            raise CheckpointError(f"{folder}: missing {name}; the ONNX export is incomplete, {EXPORT_AGAIN}")
+        if name not in sizes:
+            raise CheckpointError(f"{folder / MANIFEST}: does not list {name}; the manifest is damaged or from another export, {EXPORT_AGAIN}")
+        if (folder / name).stat().st_size != sizes[name]:
+            raise CheckpointError(f"{folder / name}: {(folder / name).stat().st_size} bytes, the manifest says {sizes[name]}; the file is damaged or from another export, {EXPORT_AGAIN}")
     return manifest, {name: folder / name for name in sizes}
 
 
 def load_export_folder(captioner_class, folder: Path):
     """A captioner from an export folder; needs neither the PyTorch weights nor the encoder package."""
     manifest, files = read_export(folder)
-    config = _read_json(folder / CONFIG)
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{folder / CONFIG}: must be a JSON object; export the model again")
-    check_model_config(config, folder / CONFIG)
+    config = read_model_config(folder / CONFIG, "export the model again with this captioner (captioner export --onnx)")
     try:
         vocabulary = Vocabulary.load(folder / VOCABULARY)
         decoder_config = DecoderConfig.from_dict(config["decoder"], f"{folder / CONFIG}: decoder")
     except ConfigError as error:
         raise CheckpointError(str(error)) from None
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{folder / VOCABULARY}: not a vocabulary file ({error}); export the model again") from None
+        raise CheckpointError(f"{folder / VOCABULARY}: not a vocabulary file ({error}); {EXPORT_AGAIN}") from None
     if decoder_config.vocab_size != len(vocabulary):
-        raise CheckpointError(f"{folder}: decoder expects {decoder_config.vocab_size} words but vocabulary has {len(vocabulary)}; export the model again")
+        raise CheckpointError(f"{folder}: decoder expects {decoder_config.vocab_size} words but vocabulary has {len(vocabulary)}; {EXPORT_AGAIN}")
     side = math.isqrt(decoder_config.grid_size)
     encoder = OnnxRuntimeEncoder(config["encoder"], None, decoder_config.feature_dim, side, PreprocessConfig(**config.get("preprocess", {})), _session(files[ENCODER], folder / ENCODER))
     return _captioner(captioner_class, files, manifest["decoder"]["per_image_state"], encoder, vocabulary, decoder_config, config, folder)

@@ -7,7 +7,6 @@ The trainer only needs a decoder with `forward(features, tokens)`; it never runs
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -37,6 +36,7 @@ from .encoders import ENCODERS, create_encoder
 from .errors import CaptionerError
 from .evaluation import require_java, score_captions
 from .features import FeatureCache, feature_cache, records_with_features
+from .json_files import read_json
 from .run_folder import PendingRun, check_output_folder
 from .vocabulary import Vocabulary, tokenize
 
@@ -240,22 +240,58 @@ def _save_training_state(folder: Path, optimizer: torch.optim.Optimizer, progres
     for rank, states in enumerate(random_states):
         tensors.update({f"rng.{name}{f'.rank{rank}' if rank else ''}": value for name, value in states.items()})
     atomic_save_tensors(folder / "optimizer.safetensors", tensors)
-    atomic_write_json(folder / "training_state.json", {**progress, "param_groups": state["param_groups"]})
+    atomic_write_json(folder / STATE, {**progress, "param_groups": state["param_groups"]})
 
 
-def _load_training_state(folder: Path, optimizer: torch.optim.Optimizer, device: torch.device, rank: int = 0, seed: int = 0) -> dict:
-    """Restore the optimizer and this process's random state; return the saved progress. A rank
-    the run did not have before (more processes now) gets a fresh seed."""
+RESUME_REMEDY = "the run cannot be resumed from it: put back the run's own file, or start the run again with --force"
+STATE = "training_state.json"
+
+
+def read_training_state(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The progress and optimizer state `_save_training_state` wrote in `folder`, checked (on
+    --resume, before any work): one line naming the file and the field where they are damaged."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    tensors = load_file(folder / "optimizer.safetensors")
-    progress = json.loads((folder / "training_state.json").read_text())
+    path = folder / STATE
+    progress = read_json(path, RESUME_REMEDY)
+    missing = [key for key in ("epoch", "step", "best_cider", "bad_epochs", "history", "param_groups") if key not in progress]
+    if missing:
+        raise CaptionerError(f"{path}: lacks {', '.join(missing)}; {RESUME_REMEDY}")
+    try:
+        for key, kind, limit in (("epoch", int, AT_LEAST_ONE), ("step", int, NOT_NEGATIVE), ("best_cider", float, None), ("bad_epochs", int, NOT_NEGATIVE), ("history", list, None), ("param_groups", list, None)):
+            check_value(progress.get(key), kind, limit, f"{path}: {key}")
+        for key in ("schedule", "grad_scaler"):
+            check_value(progress.get(key), dict | None, None, f"{path}: {key}")
+    except ConfigError as error:
+        raise CaptionerError(f"{error}; {RESUME_REMEDY}") from None
+    schedule = progress.get("schedule")
+    if schedule is not None and not all(type(schedule.get(key)) is int and schedule[key] > 0 for key in ("total_steps", "epochs")):
+        raise CaptionerError(f"{path}: schedule must hold total_steps and epochs, whole numbers >= 1, not {schedule!r}; {RESUME_REMEDY}")
+    if not progress["param_groups"] or not all(isinstance(group, dict) and isinstance(group.get("params"), list) for group in progress["param_groups"]):
+        raise CaptionerError(f"{path}: param_groups must be the optimizer's groups of parameters; {RESUME_REMEDY}")
+    if not all(isinstance(entry, dict) for entry in progress["history"]):
+        raise CaptionerError(f"{path}: history must be a list of the epochs' scores; {RESUME_REMEDY}")
+    try:
+        tensors = load_file(folder / "optimizer.safetensors")
+    except (SafetensorError, OSError) as error:
+        raise CaptionerError(f"{folder / 'optimizer.safetensors'}: unreadable ({str(error).splitlines()[0][:200]}); {RESUME_REMEDY}") from None
+    return progress, tensors
+
+
+def _load_training_state(folder: Path, saved: tuple[dict, dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer, device: torch.device, rank: int = 0, seed: int = 0) -> dict:
+    """Restore the optimizer and this process's random state from `saved` (`read_training_state`);
+    return the saved progress. A rank the run did not have before (more processes now) gets a fresh seed."""
+    progress, tensors = dict(saved[0]), saved[1]
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value  # load_state_dict moves them to the parameters' device
-    optimizer.load_state_dict({"state": state, "param_groups": progress.pop("param_groups")})
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": progress.pop("param_groups")})
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise CaptionerError(f"{folder / STATE}: the optimizer state does not fit the run's model ({str(error).splitlines()[0][:200]}); {RESUME_REMEDY}") from None
     suffix = f".rank{rank}" if rank else ""
     if f"rng.torch{suffix}" in tensors:
         torch.set_rng_state(tensors[f"rng.torch{suffix}"])
@@ -287,6 +323,7 @@ def _check_and_train(config: TrainingConfig, resume: bool, force: bool, progress
     """`train` on every process: check every setting and input, then (rank 0) set the run folder up."""
     output = Path(config.output)
     check_output_folder(output, resume, force)
+    saved_state = read_training_state(output / "last") if resume else None
     require_java()  # the dev score of every epoch needs it: refuse now, not after the first epoch
     dataset = load_dataset(config.dataset, config.images).limit(config.limit)  # validate before writing anything
     train_records, dev_records = dataset.split("train"), dataset.split("dev")
@@ -311,7 +348,7 @@ def _check_and_train(config: TrainingConfig, resume: bool, force: bool, progress
     if not resume and group.is_main:
         pending.start(replace=force)  # an earlier run is moved aside, not deleted, until this one has a checkpoint
     try:
-        return _train(config, CheckedInputs(dataset, train_records, dev_records, text_files, initial), resume, progress, log, pending, group, device)
+        return _train(config, CheckedInputs(dataset, train_records, dev_records, text_files, initial, saved_state), resume, progress, log, pending, group, device)
     except BaseException:
         if not resume and group.is_main:
             pending.abandon()
@@ -326,16 +363,16 @@ class CheckedInputs(NamedTuple):
     dev_records: list
     text_files: list  # [(photos with captions, examples per epoch)]
     initial: tuple | None  # (decoder, vocabulary, config) of the run's last checkpoint on --resume, else of `init_from`
+    saved_state: tuple | None  # on --resume, the run's progress and optimizer state (`read_training_state`)
 
 
 def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress: bool, log, pending: PendingRun, group: ProcessGroup, device: torch.device) -> Path:
     """The training loop of `train`, once every setting and input has been checked."""
-    dataset, train_records, dev_records, text_files, initial = inputs
+    dataset, train_records, dev_records, text_files, initial, saved_state = inputs
     output = Path(config.output)
     uses_concepts = config.decoder.max_concepts > 0
     if group.is_main:
         output.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(output / "training_config.json", config.to_dict())
 
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -444,12 +481,14 @@ def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress
     start_epoch, step, best_cider, bad_epochs = 1, 0, -1.0, 0
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)  # float16 gradients underflow unscaled
     if resume:  # the decoder is the run's last checkpoint already
-        state = _load_training_state(output / "last", optimizer, device, group.rank, config.seed)
+        state = _load_training_state(output / "last", saved_state, optimizer, device, group.rank, config.seed)
         start_epoch, step, best_cider, bad_epochs, history = state["epoch"] + 1, state["step"], state["best_cider"], state["bad_epochs"], state["history"]
         total_steps = _planned_total_steps(state.get("schedule"), total_steps, config.epochs, log)
         if scaler.is_enabled() and state.get("grad_scaler"):
             scaler.load_state_dict(state["grad_scaler"])
         log(f"resuming after epoch {state['epoch']} (best dev CIDEr {best_cider:.3f})")
+    if group.is_main:  # written once the resumed state is known to fit: a refused --resume leaves the run as it was
+        atomic_write_json(output / "training_config.json", config.to_dict())
 
     options = DecodingOptions(max_length=max_length)
     autocast = precision_context(device, precision)

@@ -132,6 +132,10 @@ def edit_config(change):
     (edit_config(lambda c: {**c, "decoding": {**c["decoding"], "length_penalty": "long"}}), "length_penalty"),
     (edit_config(lambda c: {**c, "encoder": "efficientnet-lite0"}), "trained on 'efficientnet-lite2'"),
     (lambda folder: (folder / "vocabulary.json").write_text("[]"), "vocabulary.json"),
+    (lambda folder: (folder / "config.json").write_bytes((folder / "config.json").read_bytes().replace(b"flickr8k-default", b"flickr8k-d\xe9faut")), "not UTF-8"),
+    (edit_config(lambda c: {**c, "decoder": {**c["decoder"], "max_length": 10**9}}), "max_length must be >= 1 and <= 256"),
+    (edit_config(lambda c: {**c, "preprocess": {**c["preprocess"], "input_size": 1024}}), "input_size must be 224"),
+    (edit_config(lambda c: {**c, "preprocess": {**c["preprocess"], "input_size": 256}}), "input_size must be 224"),
 ])
 def test_broken_model_folder_is_one_line(tmp_path, capsys, edit, named):
     model = broken_copy(tmp_path, edit)
@@ -145,3 +149,53 @@ def test_encoder_is_recorded_in_exported_weights(tmp_path, capsys):
     (tmp_path / "copy" / "config.json").write_text(json.dumps({**config, "encoder": "efficientnet-lite1"}))
     with pytest.raises(Exception, match="trained on 'efficientnet-lite2'"):
         Captioner.load(tmp_path / "copy")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_dataset):
+    """A finished one-epoch run on the tiny dataset, to be copied and damaged."""
+    folder = tmp_path_factory.mktemp("trained")
+    assert main(train_arguments(tiny_dataset, folder / "run", folder / "cache")) == 0
+    return folder / "run"
+
+
+def edit_state(change):
+    def edit(run):
+        path = run / "last" / "training_state.json"
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return edit
+
+
+def _files(folder) -> dict:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda run: (run / "training_config.json").write_text("{"), "training_config.json: not valid JSON"),
+    (lambda run: (run / "training_config.json").write_bytes(b'{"name": "caf\xe9"}'), "training_config.json: not UTF-8"),
+    (lambda run: (run / "training_config.json").write_text("[]"), "training_config.json: must be a JSON object, not a list"),
+    (edit_state(lambda state: {key: value for key, value in state.items() if key != "param_groups"}), "training_state.json: lacks param_groups"),
+    (lambda run: (run / "last" / "training_state.json").write_text("{"), "training_state.json: not valid JSON"),
+    (edit_state(lambda state: {**state, "epoch": "1"}), "training_state.json: epoch must be a whole number, not '1'"),
+    (edit_state(lambda state: {**state, "param_groups": [{"lr": 1}]}), "training_state.json: param_groups must be the optimizer's groups"),
+    (lambda run: (run / "last" / "optimizer.safetensors").write_bytes(b"garbage"), "optimizer.safetensors: unreadable"),
+])
+def test_a_damaged_run_is_refused_on_resume_in_one_line_before_any_work(tmp_path, capsys, monkeypatch, trained_run, damage, named):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    damage(run)
+    before = _files(run)
+    monkeypatch.setattr("captioner.training.load_dataset", lambda *args, **kwargs: pytest.fail("went on to load the dataset"))
+    err = one_line_error(capsys, ["--threads", "1", "train", "--output", str(run), "--resume", "--epochs", "2", "--quiet"])
+    assert named in err and ("start the run again with --force" in err), err
+    assert _files(run) == before  # nothing written or lost
+
+
+def test_an_optimizer_state_that_does_not_fit_the_model_is_one_line(tmp_path, capsys, trained_run):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    edit_state(lambda state: {**state, "param_groups": [{**state["param_groups"][0], "params": [0]}, *state["param_groups"][1:]]})(run)
+    before = _files(run)
+    err = one_line_error(capsys, ["--threads", "1", "train", "--output", str(run), "--resume", "--epochs", "2", "--quiet"])
+    assert "training_state.json: the optimizer state does not fit the run's model" in err, err
+    assert _files(run) == before

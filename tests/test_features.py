@@ -1,6 +1,10 @@
 """The feature cache stores what the encoder computes and resumes an interrupted run; it is keyed by
 what made it, holds mirrored rows for the train split only, and skips photos that cannot be read."""
+import errno
+import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +161,87 @@ def test_gpu_and_cpu_caches_agree(tmp_path, encoder, example_photos):
     on_gpu = feature_cache(dataset, encoder.name, tmp_path / "gpu", keys, device="cuda", workers=2, progress=False)
     assert on_gpu.unreadable == on_cpu.unreadable == ["broken.jpg"]
     assert np.allclose(np.array(on_gpu.grid[:4], dtype=np.float32), np.array(on_cpu.grid[:4], dtype=np.float32), atol=3e-2, rtol=1e-2)
+
+
+def _set_index(folder, change):
+    index = json.loads((folder / "index.json").read_text())
+    change(index)
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+def _replace_with_folder(path):
+    path.unlink()
+    path.mkdir()
+
+
+DAMAGE = {
+    "index broken": lambda folder: (folder / "index.json").write_text('{"format": 2, "keys": ['),
+    "index not UTF-8": lambda folder: (folder / "index.json").write_bytes(b'{"format": 2, "encoder": "caf\xe9"}'),
+    "index without keys": lambda folder: _set_index(folder, lambda index: index.pop("keys")),
+    "index a list": lambda folder: (folder / "index.json").write_text("[]"),
+    "index of other images": lambda folder: _set_index(folder, lambda index: index.update(keys=index["keys"][::-1])),
+    "grid truncated": lambda folder: os.truncate(folder / "grid.f16", 1000),
+    "grid a folder": lambda folder: _replace_with_folder(folder / "grid.f16"),
+    "pooled missing": lambda folder: (folder / "pooled.f16").unlink(),
+    "done truncated": lambda folder: os.truncate(folder / "done.u8", 2),
+    "done with another value": lambda folder: (folder / "done.u8").write_bytes(b"\x01\x01\x07\x01"),
+}
+
+
+def _contents(folder) -> dict:
+    return {path.name: path.read_bytes() if path.is_file() else "folder" for path in folder.iterdir()}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_cache_is_set_aside_not_deleted_and_built_again(tmp_path, encoder, example_photos, damage):
+    dataset = photo_dataset(tmp_path / "photos", example_photos)
+    keys, messages = [r.image for r in dataset.records], []
+    good = feature_cache(dataset, encoder.name, tmp_path / "cache", keys, encoder=encoder, device="cpu", progress=False)
+    good_grid = np.array(good.grid)
+    DAMAGE[damage](good.folder)
+    damaged = _contents(good.folder)
+    if damage != "index of other images":  # (whole in itself: only the folder's name tells it is not what it should be)
+        with pytest.raises(CaptionerError, match="captioner features' again to rebuild it") as refused:  # opened directly: refused, saying what to do
+            FeatureCache(good.folder)
+        assert "\n" not in str(refused.value)
+
+    rebuilt = feature_cache(dataset, encoder.name, tmp_path / "cache", keys, encoder=encoder, device="cpu", progress=False, log=messages.append)
+    assert rebuilt.folder == good.folder and rebuilt.complete and np.allclose(np.array(rebuilt.grid, dtype=np.float32), good_grid.astype(np.float32), atol=1e-2)
+    aside = [path for path in (tmp_path / "cache").iterdir() if path != good.folder]
+    assert len(aside) == 1 and aside[0].name.startswith(good.folder.name + ".damaged-")
+    assert _contents(aside[0]) == damaged  # set aside as it was, nothing deleted
+    assert len(messages) == 1 and "feature cache damaged" in messages[0] and aside[0].name in messages[0] and "\n" not in messages[0]
+    assert feature_cache(dataset, encoder.name, tmp_path / "cache", keys, encoder=encoder, device="cpu", progress=False, log=messages.append).folder == good.folder
+    assert len(messages) == 1  # the rebuilt cache is used as it is, the damaged one left alone
+
+
+def test_a_damaged_cache_that_cannot_be_moved_aside_is_refused_in_one_line(tmp_path, monkeypatch, encoder, example_photos):
+    dataset = photo_dataset(tmp_path / "photos", example_photos)
+    keys = [r.image for r in dataset.records]
+    cache = feature_cache(dataset, encoder.name, tmp_path / "cache", keys, encoder=encoder, device="cpu", progress=False)
+    os.truncate(cache.folder / "done.u8", 2)
+
+    def read_only(self, target):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "rename", read_only)
+    with pytest.raises(CaptionerError, match=r"done.u8: 2 bytes, not the 4 .*could not be moved aside \(Read-only file system\): move or delete") as refused:
+        feature_cache(dataset, encoder.name, tmp_path / "cache", keys, encoder=encoder, device="cpu", progress=False)
+    assert "\n" not in str(refused.value) and (cache.folder / "done.u8").stat().st_size == 2
+
+
+def test_features_command_rebuilds_a_damaged_cache_saying_so_in_one_line(tmp_path, capsys, example_photos):
+    from captioner.cli import main
+
+    dataset = photo_dataset(tmp_path / "photos", example_photos)
+    rows = [{"image": r.image, "caption": r.captions[0], "split": r.split} for r in dataset.records]
+    (tmp_path / "photos" / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    arguments = ["--threads", "1", "features", "--dataset", str(tmp_path / "photos" / "pairs.jsonl"), "--cache", str(tmp_path / "cache")]
+    assert main(arguments) == 0
+    (folder,) = (tmp_path / "cache").iterdir()
+    (folder / "index.json").write_text("{")
+    capsys.readouterr()
+    assert main(arguments) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and [line for line in err.splitlines() if "damaged" in line][0].startswith("captioner: feature cache damaged (")
+    assert len(list((tmp_path / "cache").iterdir())) == 2 and FeatureCache(folder).complete

@@ -1,7 +1,9 @@
 """`captioner export --onnx` and the onnxruntime backend: the same captions as PyTorch, and
 one-line errors for incomplete or foreign export folders and unknown backends."""
+import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +194,117 @@ def test_the_server_runs_an_export_folder(export_folder, shipped_captioner):
     assert response.status_code == 200, response.text
     assert (model["device"], model["backend"]) == ("cpu", "onnxruntime")
     assert response.json()["captions"][0]["text"] == shipped_captioner.caption(photo)[0].text
+
+
+def edit_json(name, change):
+    """An edit of an export folder: `change(data)` applied to the JSON file `name`."""
+    def edit(folder):
+        data = json.loads((folder / name).read_text())
+        change(data)
+        (folder / name).write_text(json.dumps(data))
+    return edit
+
+
+def swap_graphs(first, second):
+    """An edit of an export folder: two graphs swapped."""
+    def edit(folder):
+        one, other = (folder / first).read_bytes(), (folder / second).read_bytes()
+        (folder / first).write_bytes(other)
+        (folder / second).write_bytes(one)
+    return edit
+
+
+def put_graph(target, source):
+    """An edit of an export folder: graph `target` replaced by a copy of graph `source`."""
+    return lambda folder: shutil.copy(folder / source, folder / target)
+
+
+def with_true_sizes(edit):
+    """`edit`, then the manifest's sizes made to match, so only the deeper checks can refuse the folder."""
+    def edited(folder):
+        edit(folder)
+        edit_json("manifest.json", lambda manifest: manifest["files"].update({name: (folder / name).stat().st_size for name in manifest["files"]}))(folder)
+    return edited
+
+
+@pytest.mark.parametrize("edit, named", [
+    (edit_json("manifest.json", lambda m: m["decoder"].update(per_image_state=["bogus"])), "per_image_state names 'bogus'"),
+    (edit_json("manifest.json", lambda m: m["decoder"].update(per_image_state=5)), "per_image_state must be a list of state names, not 5"),
+    (edit_json("manifest.json", lambda m: m["decoder"].update(per_image_state=[5])), "per_image_state must be a list"),
+    (edit_json("manifest.json", lambda m: m["decoder"].update(per_image_state=["memory_bias"])), "per_image_state does not say"),
+    (edit_json("manifest.json", lambda m: m.update(files={})), "manifest.json: does not list"),
+    (edit_json("manifest.json", lambda m: m["files"].update({"encoder.onnx": str(m["files"]["encoder.onnx"])})), "size of encoder.onnx must be a whole number of bytes, not '"),
+    (edit_json("manifest.json", lambda m: m["files"].update({"../model.safetensors": 1})), "not a file name of the export"),
+    (with_true_sizes(swap_graphs("encoder.onnx", "imagenet_head.onnx")), "encoder.onnx: does not fit the export's config.json (no input images"),
+    (with_true_sizes(put_graph("decoder_step.onnx", "decoder_prepare.onnx")), "decoder_step.onnx: does not fit the export's config.json (no input last_tokens"),
+    (with_true_sizes(put_graph("imagenet_head.onnx", "word_detectors.onnx")), "imagenet_head.onnx: does not fit the export's config.json (no input pooled"),
+    (with_true_sizes(edit_json("config.json", lambda c: c["decoder"].update(max_concepts=3))), "input concept_ids is (*, 16, 3), the config needs (*, 3, 3)"),
+    (with_true_sizes(edit_json("config.json", lambda c: c["concepts"].update(detector_words=c["concepts"]["detector_words"][:-1]))), "output log_absent is (*, 401), the config needs (*, 400)"),
+    (with_true_sizes(edit_json("config.json", lambda c: c["preprocess"].update(input_size=256))), "input_size must be 224"),
+    (with_true_sizes(edit_json("config.json", lambda c: c.update(format_version=99))), "config.json: model format version 99 is not 1"),
+    (with_true_sizes(lambda folder: (folder / "config.json").write_bytes(b'{"name": "caf\xe9"}')), "config.json: not UTF-8"),
+])
+def test_a_damaged_or_mismatched_export_folder_is_one_line(export_folder, tmp_path, capsys, edit, named):
+    folder = broken_copy(export_folder, tmp_path)
+    edit(folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    err = one_line_error(capsys, ["--threads", "1", "caption", "--model", str(folder), str(EXAMPLES / "chelsea.jpg")])
+    assert named in err, err
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # nothing written or lost
+
+
+def test_the_graph_checks_find_what_a_swap_would_break(onnx_captioner):
+    """The checks pass on a sound export, and name the graph and the port on a tampered one (here,
+    without files: the graphs' sessions given in another order)."""
+    from captioner.encoders import PreprocessConfig
+    from captioner.onnx_checks import GraphMismatch, check_graphs
+
+    decoder = onnx_captioner.decoder
+    sessions = {"encoder.onnx": onnx_captioner.encoder.session, "imagenet_head.onnx": onnx_captioner.concept_detector.imagenet_head.session,
+                "word_detectors.onnx": onnx_captioner.concept_detector.detector.session,
+                "decoder_prepare.onnx": decoder.prepare_session, "decoder_step.onnx": decoder.step_session}
+    per_image = sorted(decoder.per_image)
+    check_graphs(sessions, PreprocessConfig(), decoder.config, 401, per_image, onnx_captioner.path)
+    with pytest.raises(GraphMismatch, match=r"encoder.onnx: .*input images is \(\*, 3, 224, 224\), the config needs \(\*, 3, 256, 256\)"):
+        check_graphs(sessions, PreprocessConfig(input_size=256), decoder.config, 401, per_image, onnx_captioner.path)
+    with pytest.raises(GraphMismatch, match="missing word_detectors.onnx"):
+        check_graphs({name: s for name, s in sessions.items() if name != "word_detectors.onnx"}, PreprocessConfig(), decoder.config, 401, per_image, onnx_captioner.path)
+    other_vocabulary = dataclasses.replace(decoder.config, vocab_size=6000)
+    with pytest.raises(GraphMismatch, match=r"decoder_step.onnx: .*output logits is \(\*, 6646\), the config needs \(\*, 6000\)"):
+        check_graphs(sessions, PreprocessConfig(), other_vocabulary, 401, per_image, onnx_captioner.path)
+
+
+def unwritable_targets(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    targets = {"under a file": (tmp_path / "afile" / "export", "afile is a file, not a folder"),
+               "deep under a file": (tmp_path / "afile" / "a" / "b", "afile is a file, not a folder")}
+    if Path("/proc/self").is_dir():  # Linux: a folder no one can make files in, root included
+        targets["under /proc"] = (Path("/proc/nope"), "cannot write in /proc")
+    return targets
+
+
+@pytest.mark.parametrize("flag", ["--onnx", "--output"])
+@pytest.mark.parametrize("case", ["under a file", "deep under a file", "under /proc"])
+def test_export_refuses_a_target_it_cannot_write_before_any_work(tmp_path, capsys, monkeypatch, flag, case):
+    targets = unwritable_targets(tmp_path)
+    if case not in targets:
+        pytest.skip("no /proc here")
+    target, named = targets[case]
+    monkeypatch.setattr("captioner.api.Captioner.load", lambda *args, **kwargs: pytest.fail("loaded the model before checking the target"))
+    monkeypatch.setattr("captioner.checkpoint.load_model", lambda *args, **kwargs: pytest.fail("loaded the model before checking the target"))
+    err = one_line_error(capsys, ["export", flag, str(target), "--model", str(pretrained_path())])
+    assert f"{flag} {target}: " in err and named in err, err
+    assert (tmp_path / "afile").read_text() == "mine" and [path.name for path in tmp_path.iterdir()] == ["afile"]
+
+
+def test_export_refuses_a_read_only_target(tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # as on a read-only mount, which a test cannot make
+    err = one_line_error(capsys, ["export", "--onnx", str(tmp_path / "new"), "--model", str(pretrained_path())])
+    assert f"cannot write in {tmp_path} (Read-only file system); choose a folder you can write to" in err
+    assert not (tmp_path / "new").exists()
