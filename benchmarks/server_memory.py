@@ -1,4 +1,4 @@
-"""Peak memory of `captioner serve` for the costliest uploads it accepts (issue 17's cases).
+"""Peak memory of `captioner serve` for the costliest uploads it accepts.
 
 Each case starts a fresh server in its own process (the shipped model, on the CPU), warms it with
 one caption, sends the case's uploads, and prints the server's resident memory after warm-up and

@@ -63,6 +63,9 @@ def onnx_session(model: bytes | str | Path, threads: int | None = None):
     options.log_severity_level = 3  # errors only
     # No busy-waiting after a run: spinning threads took the cores PyTorch's decoder needs next (beam 17 -> 41 ms)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No memory arena: it keeps the peak of the largest batch for good (8 photos: 551 vs 483 MiB
+    # resident after), and encoding measured no slower without it
+    options.enable_cpu_mem_arena = False
     return onnxruntime.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
 
 

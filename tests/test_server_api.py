@@ -924,3 +924,21 @@ def test_a_failed_batch_is_captioned_again_photo_by_photo(client, encode_fails_f
     assert batcher.batch_sizes == [3] and encode_fails_for_one_photo == [3, 1, 1, 1]
     assert isinstance(answers[1], RuntimeError)
     assert all(captions[0].text for captions, _ in (answers[0], answers[2]))
+
+
+def test_a_wide_beam_takes_fewer_photos_per_batch(client):
+    """max_beams bounds photos x beam width in one batch: inference memory grows with both."""
+    photos = [Image.new("RGB", (64, 64), (30 * index, 90, 200)) for index in range(6)]
+
+    async def run_here(function, *args):
+        return function(*args)
+
+    async def caption_together(beam_size):
+        batcher = CaptionBatcher(client.app.state.captioner, run_here, threads=1, wait=60, max_batch=len(photos), max_beams=12)
+        answers = await asyncio.gather(*(batcher.caption(photo, beam_size, 1) for photo in photos))
+        return batcher.batch_sizes, answers
+
+    narrow, _ = asyncio.run(caption_together(2))
+    wide, answers = asyncio.run(caption_together(6))
+    assert narrow == [6] and wide == [2, 2, 2]
+    assert all(captions[0].text for captions, _ in answers)

@@ -71,6 +71,7 @@ class Settings(BaseModel):
     read_timeout: float = Field(10.0, gt=0, description="Seconds a client may send nothing in the middle of an upload; then 408.")
     batch_wait_ms: float = Field(0.0, ge=0, le=1000, description="Dynamic batching: how long a photo waits for others to be captioned with it (0: an idle server starts at once; under load photos gather while the threads are busy).")
     max_batch: int = Field(8, ge=1, le=64, description="Dynamic batching: most photos captioned together (1 turns batching off).")
+    max_beams: int = Field(24, ge=1, description="Most photos x beam width in one batch (beam 10: 2 photos at a time): bounds inference memory.")
     device: str | None = Field(None, description="auto (a CUDA GPU when present), cpu, cuda or cuda:N; None: CAPTIONER_DEVICE, else auto.")
     backend: str | None = Field(None, description="pytorch or onnxruntime (the CPU; a model folder is exported in memory at load); None: onnxruntime for an ONNX export folder, else pytorch.")
     upload_memory: int | None = Field(None, gt=0, description="Bytes of uploads held at once, received or waiting; None: room for 3 full uploads (with the decode budget, what keeps the server under 600 MiB). Past it, 503.")
@@ -490,7 +491,7 @@ def _corrupt_image() -> ApiError:
 
 def caption_batcher(captioner: Captioner, queue: InferenceQueue, settings: Settings) -> CaptionBatcher:
     """Photos arriving within `batch_wait_ms` of each other are encoded and captioned together."""
-    return CaptionBatcher(captioner, queue.run, settings.inference_threads, settings.batch_wait_ms / 1000, settings.max_batch)
+    return CaptionBatcher(captioner, queue.run, settings.inference_threads, settings.batch_wait_ms / 1000, settings.max_batch, settings.max_beams)
 
 
 # ---- routes -------------------------------------------------------------------------------

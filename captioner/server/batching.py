@@ -4,7 +4,8 @@ are encoded and captioned as one batch, which costs little more than one photo o
 A photo waits at most `wait` seconds for others (or until `max_batch` are waiting); with no wait
 (the default) an idle server starts at once. While every inference thread is busy, new photos
 gather and go together as soon as one is free: under load, batches form by themselves. Photos with
-different options (beam size, number of captions) go in different batches. A batch that fails is
+different options (beam size, number of captions) go in different batches, and a batch holds at
+most `max_beams` photos x beam width (beam 3: 8 photos, beam 10: 2), which bounds inference memory. A batch that fails is
 captioned again photo by photo, so a fault in one photo answers only that photo with an error.
 Everything here runs on the event loop except `_caption_batch`, which runs on the inference threads.
 """
@@ -18,6 +19,7 @@ from typing import Callable, NamedTuple
 from PIL import Image
 
 from ..api import Caption, Captioner
+from .malloc import trim
 
 logger = logging.getLogger("captioner.server")
 
@@ -31,9 +33,9 @@ class Job(NamedTuple):
 class CaptionBatcher:
     """`await caption(image, beam_size, num_captions)` -> (captions, timings in ms), batched with its neighbours."""
 
-    def __init__(self, captioner: Captioner, run: Callable, threads: int, wait: float = 0.005, max_batch: int = 8):
+    def __init__(self, captioner: Captioner, run: Callable, threads: int, wait: float = 0.005, max_batch: int = 8, max_beams: int = 24):
         self.captioner, self.run, self.threads = captioner, run, threads
-        self.wait, self.max_batch = wait, max_batch
+        self.wait, self.max_batch, self.max_beams = wait, max_batch, max_beams
         self.waiting: list[Job] = []
         self.running = 0  # batches on the inference threads
         self.timer: asyncio.TimerHandle | None = None
@@ -55,7 +57,8 @@ class CaptionBatcher:
             self.timer = None
         while self.waiting and self.running < self.threads:
             options = self.waiting[0].options
-            batch = [job for job in self.waiting if job.options == options][: self.max_batch]
+            size = max(1, min(self.max_batch, self.max_beams // options[0]))
+            batch = [job for job in self.waiting if job.options == options][:size]
             taken = {id(job) for job in batch}
             self.waiting = [job for job in self.waiting if id(job) not in taken]
             self.running += 1
@@ -97,4 +100,5 @@ class CaptionBatcher:
         encoded = time.perf_counter()
         results = self.captioner.generate(features, beam_size=beam_size, num_captions=num_captions)
         generated = time.perf_counter()
+        trim()  # a beam-10 batch frees tens of MiB the next photo's decode can then use
         return results, {"encode": round((encoded - started) * 1000, 1), "generate": round((generated - encoded) * 1000, 1)}
