@@ -156,7 +156,7 @@ def bench_engines(repeats: int, folder_photos: int, cache_photos: int) -> tuple[
     from captioner.features import FeatureCache
 
     engines = {ONNX: Captioner.from_pretrained(backend="onnxruntime"), PYTORCH: Captioner.from_pretrained(backend="pytorch"), PYTORCH_ENCODER: Captioner.from_pretrained(backend="pytorch")}
-    engines[PYTORCH_ENCODER].encoder = create_encoder("efficientnet-lite2", onnxruntime=False)
+    engines[PYTORCH_ENCODER].encoder = create_encoder("efficientnet-lite2")
     photo, folder, cached = ROOT / "examples" / "chelsea.jpg", sample_photos(folder_photos), sample_photos(cache_photos)
     times: dict[str, dict[str, list[float]]] = {name: {} for name in TARGETS}
     for captioner in engines.values():

@@ -16,6 +16,7 @@ from .decoding import Constraints, DecodingOptions, Hypothesis, Phrases, beam_se
 from .decoding_rules import DecodingRules, Evidence
 from .devices import one_cpu_thread, resolve_device
 from .encoders import PreprocessConfig, create_encoder, preprocess
+from .onnx_encoder import encoder_on
 from .errors import CaptionerError
 from .images import ImageInput, load_image
 from .onnx_backend import check_backend, is_onnx_export, load_onnx_captioner
@@ -120,7 +121,7 @@ class Captioner:
             raise CaptionerError(f"{path} is an ONNX export folder; load it with backend 'onnxruntime' (--backend onnxruntime)")
         device = resolve_device(device)
         decoder, vocabulary, config = load_model(path, device)
-        encoder = create_encoder(config["encoder"], onnxruntime=device.type == "cpu").to(device)
+        encoder = encoder_on(create_encoder(config["encoder"]), device)
         detector = load_concept_detector(path, config, encoder) if "concepts" in config else None
         return cls(encoder, decoder, vocabulary, config, Path(path), device, concept_detector=detector)
 

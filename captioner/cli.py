@@ -291,10 +291,11 @@ def command_features(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .encoders import create_encoder
     from .features import UNREADABLE_LIST, feature_cache, records_with_features
+    from .onnx_encoder import encoder_on
 
     device = resolve_device(args.device)  # a device that is not here is refused before any work
     dataset = load_dataset(args.dataset, args.images)
-    encoder = create_encoder(args.encoder, onnxruntime=device.type == "cpu").to(device)
+    encoder = encoder_on(create_encoder(args.encoder), device)
     splits = set(args.splits or SPLITS)
     chosen = [record for record in dataset.records if record.split in splits]
     jobs = [("", chosen)] + ([("mirrored ", [record for record in chosen if record.split == "train"])] if args.flip else [])

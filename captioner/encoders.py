@@ -103,15 +103,12 @@ def register_encoder(name: str):
     return decorator
 
 
-def create_encoder(name: str, onnxruntime: bool = True) -> ImageEncoder:
-    """Build a registered encoder with its pretrained weights (offline); on the CPU its forward
-    pass runs in ONNX Runtime where that is installed (`onnx_encoder.py`), unless told not to."""
-    from .onnx_encoder import with_onnxruntime
-
+def create_encoder(name: str) -> ImageEncoder:
+    """Build a registered encoder with its pretrained weights (offline), in PyTorch on the CPU;
+    `onnx_encoder.encoder_on(encoder, device)` puts it on the engine that runs it."""
     if name not in ENCODERS:
         raise CaptionerError(f"unknown encoder {name!r}; choose one of: {', '.join(sorted(ENCODERS))}")
-    encoder = ENCODERS[name]()
-    return with_onnxruntime(encoder) if onnxruntime else encoder
+    return ENCODERS[name]()
 
 
 def _fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:

@@ -280,7 +280,7 @@ def feature_cache(
     rows = [row for row, key in enumerate(keys) if key in wanted]
     if encoder is not None and encoder.name != encoder_name:
         raise ValueError(f"the encoder given is {encoder.name}, not {encoder_name}")
-    reference = encoder if encoder is not None else create_encoder(encoder_name, onnxruntime=False)  # cheap: no ONNX export until there is work
+    reference = encoder if encoder is not None else create_encoder(encoder_name)  # cheap: no ONNX export until there is work
     made_by = producer(encoder_name, reference.preprocess_config, flip)
     folder = cache_folder(cache_root, dataset.name, keys, made_by)
     cache = _open_or_set_aside(folder, {**made_by, "grid_size": reference.grid_size**2, "feature_dim": reference.feature_dim, "keys": keys}, log)
@@ -386,16 +386,14 @@ def encoder_device(encoder: ImageEncoder) -> torch.device:
 
 
 def _encoder_for(device: torch.device, name: str, given: ImageEncoder | None, reference: ImageEncoder) -> ImageEncoder:
-    """The encoder that caches features on `device`: the one given when it runs there; else on the
-    CPU the ONNX Runtime encoder, on a GPU the PyTorch encoder moved there."""
-    from .onnx_encoder import with_onnxruntime
+    """The encoder that caches features on `device`: the one given, or the reference, on the engine
+    `encoder_on` chooses for the device (an export folder's graph-only encoder only on the CPU)."""
+    from .onnx_encoder import encoder_on
 
-    if given is not None and encoder_device(given) == device and (device.type == "cpu" or given.backbone is not None):
-        return given
-    if device.type == "cpu":
-        return with_onnxruntime(reference) if given is None else create_encoder(name)
-    pytorch = reference if given is None else create_encoder(name, onnxruntime=False)
-    return pytorch.to(device)
+    encoder = given if given is not None else reference
+    if encoder.backbone is None and device.type != "cpu":
+        encoder = create_encoder(name)
+    return encoder_on(encoder, device)
 
 
 def _cores() -> int:

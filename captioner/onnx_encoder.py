@@ -90,6 +90,14 @@ class OnnxRuntimeEncoder(ImageEncoder):
         return grid_and_pooled(torch.from_numpy(self.session.run(None, {"images": pixels})[0]))  # (B, C, H, W) in
 
 
+def encoder_on(encoder: ImageEncoder, device: torch.device) -> ImageEncoder:
+    """The one place that chooses the encoder's engine: on the CPU, ONNX Runtime where it is
+    installed (else PyTorch); on a GPU, the PyTorch network moved there."""
+    if device.type == "cpu":
+        return encoder if isinstance(encoder, OnnxRuntimeEncoder) else with_onnxruntime(encoder)
+    return encoder.to(device)
+
+
 def with_onnxruntime(encoder: ImageEncoder) -> ImageEncoder:
     """The encoder on ONNX Runtime where it is installed, else unchanged."""
     try:

@@ -29,8 +29,9 @@ def example_photos() -> list[Path]:
 @pytest.fixture(scope="session")
 def encoder():
     from captioner.encoders import create_encoder
+    from captioner.onnx_encoder import encoder_on
 
-    return create_encoder("efficientnet-lite2")
+    return encoder_on(create_encoder("efficientnet-lite2"), torch.device("cpu"))  # as captioning runs it on the CPU
 
 
 @pytest.fixture(scope="session")

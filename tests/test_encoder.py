@@ -68,7 +68,7 @@ def test_onnx_runtime_encoder_matches_pytorch(encoder, example_photos):
     from captioner.onnx_encoder import OnnxRuntimeEncoder
 
     assert isinstance(encoder, OnnxRuntimeEncoder)  # the default on the CPU where onnxruntime is installed
-    plain = create_encoder("efficientnet-lite2", onnxruntime=False)
+    plain = create_encoder("efficientnet-lite2")
     assert type(plain) is not OnnxRuntimeEncoder
     pixels = torch.stack([encoder.preprocess(load_image(path)) for path in example_photos])  # (4, 3, 224, 224)
     for batch in (pixels[:1], pixels):  # the batch dimension is free
@@ -91,7 +91,9 @@ def test_without_onnx_runtime_the_encoder_is_pytorch(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
-    encoder = create_encoder("efficientnet-lite0")
+    from captioner.onnx_encoder import encoder_on
+
+    encoder = encoder_on(create_encoder("efficientnet-lite0"), torch.device("cpu"))
     assert not isinstance(encoder, OnnxRuntimeEncoder)
     assert encoder(torch.zeros(1, 3, 224, 224))[0].shape == (1, 49, 1280)
 
@@ -100,6 +102,6 @@ def test_captions_are_the_same_with_either_engine(shipped_captioner, example_pho
     from captioner.api import Captioner
 
     on_pytorch = Captioner.from_pretrained()
-    on_pytorch.encoder = create_encoder("efficientnet-lite2", onnxruntime=False)
+    on_pytorch.encoder = create_encoder("efficientnet-lite2")
     expected = [[(c.text, round(c.score, 3)) for c in captions] for captions in on_pytorch.caption(example_photos, num_captions=3)]
     assert [[(c.text, round(c.score, 3)) for c in captions] for captions in shipped_captioner.caption(example_photos, num_captions=3)] == expected
