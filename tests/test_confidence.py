@@ -189,3 +189,14 @@ def test_tags_become_alt_text_where_they_name_things():
     assert tags_alt_text([Tag("dogs", 0.9), Tag("man", 0.8), Tag("ball", 0.5), Tag("apple", 0.4)], things) == "Photo of dogs, a man and a ball."
     assert tags_alt_text([Tag("white", 0.4), Tag("standing", 0.3)], things) is None
     assert tags_alt_text([], things) is None
+
+
+def test_server_without_calibration_answers_null_confidence(uncalibrated_model):
+    from fastapi.testclient import TestClient
+
+    from captioner.server import Settings, create_app
+
+    with TestClient(create_app(Settings(model_path=uncalibrated_model))) as client:
+        body = client.post("/api/captions", files={"image": (EXAMPLES / "chelsea.jpg").read_bytes()}).json()
+        assert body["captions"][0]["confidence"] is None
+        assert client.get("/api/model").json()["confidence_bands"] is None
