@@ -78,7 +78,7 @@ class Captioner:
         self._set_concepts(config.get("concepts") or {}, concept_detector)
         # A caption says each word but function words once, in any form (see word_repeats)
         self.once_groups = once_groups(self.vocabulary)
-        self.calibration: Calibration | None = load_calibration(path, config.get("name", ""))
+        self.calibration: Calibration | None = load_calibration(path)
 
     def _set_concepts(self, settings: dict, detector: ConceptDetector | None = None) -> None:
         """Concept detection for tags, concept tokens and the person rule. A model trained without

@@ -118,7 +118,7 @@ def _finite(*values) -> bool:
     return all(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) for value in values)
 
 
-def load_calibration(folder: str | Path | None, model_name: str = "") -> Calibration | None:
+def load_calibration(folder: str | Path | None) -> Calibration | None:
     """The folder's calibration; None (with a note, once per folder) where it has none; CheckpointError where it is broken."""
     if folder is None:
         return None
@@ -126,7 +126,7 @@ def load_calibration(folder: str | Path | None, model_name: str = "") -> Calibra
     if not path.is_file():
         if str(folder) not in _noted:
             _noted.add(str(folder))
-            logger.warning("captioner: note: model %s has no %s; captions come without a confidence (fit one with scripts/fit_confidence.py)", model_name or folder, CALIBRATION)
+            logger.warning("captioner: note: the model folder %s has no %s; captions come without a confidence (fit one with scripts/fit_confidence.py)", folder, CALIBRATION)
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
