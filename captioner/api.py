@@ -10,6 +10,7 @@ import torch
 
 from .checkpoint import load_concept_detector, load_model, read_metrics
 from .colour import saturation
+from .confidence import Calibration, caption_features, load_calibration
 from .concepts import ConceptDetector, ConceptTable, Tag, concept_inputs, concept_word_ids, imagenet_head, tags_from_probabilities
 from .decoders import Features
 from .decoding import Constraints, DecodingOptions, Hypothesis, Phrases, beam_search, greedy, sample
@@ -32,6 +33,7 @@ class Caption:
     text: str
     score: float  # length-normalised log-probability; higher is better
     tags: list[Tag] = field(default_factory=list)  # the photo's visual concepts, most probable first
+    confidence: float | None = None  # P(acceptable alt text) in [0, 1] (`confidence.py`); None: the model has no calibration
 
 TAG_THRESHOLD, TAG_TOP_K = 0.3, 10  # defaults for models that do not set their own
 
@@ -77,6 +79,7 @@ class Captioner:
         self._set_concepts(config.get("concepts") or {}, concept_detector)
         # A caption says each word but function words once, in any form (see word_repeats)
         self.once_groups = once_groups(self.vocabulary)
+        self.calibration: Calibration | None = load_calibration(path)
 
     def _set_concepts(self, settings: dict, detector: ConceptDetector | None = None) -> None:
         """Concept detection for tags, concept tokens and the person rule. A model trained without
@@ -215,7 +218,9 @@ class Captioner:
 
     def _caption(self, hypothesis: Hypothesis, tags: list[Tag], subject: Subject | None = None) -> Caption:
         renames = subject.writing.renames if subject else None
-        return Caption(render(self.vocabulary, hypothesis.tokens, renames, self.subject_rule.compounds), round(hypothesis.score, 4), tags)
+        text, score = render(self.vocabulary, hypothesis.tokens, renames, self.subject_rule.compounds), round(hypothesis.score, 4)
+        confidence = self.calibration.confidence(caption_features(text, score, tags, subject.word if subject else None)) if self.calibration else None
+        return Caption(text, score, tags, confidence)
 
     def caption(self, images: ImageInput | Sequence[ImageInput], beam_size: int = 3, num_captions: int = 1, batch_size: int = 8, **generate_options) -> list[Caption] | list[list[Caption]]:
         """Caption one image (returns its n-best list) or a list of images (a list of n-best lists).

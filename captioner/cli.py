@@ -115,7 +115,7 @@ def _photo_tags(captions) -> list:
 
 def _record(path: Path, captions) -> dict:
     tags = _photo_tags(captions)
-    return {"path": str(path), "captions": [{"text": c.text, "score": c.score} for c in captions], "tags": [{"word": t.word, "score": t.score} for t in tags]}
+    return {"path": str(path), "captions": [{"text": c.text, "score": c.score, "confidence": c.confidence} for c in captions], "tags": [{"word": t.word, "score": t.score} for t in tags]}
 
 
 def command_caption(args: argparse.Namespace) -> int:
@@ -321,7 +321,8 @@ def command_export(args: argparse.Namespace) -> int:
         raise CaptionerError(f"{output} already exists; pass --force to replace the model in it")
     import torch
 
-    from .checkpoint import copy_concepts, load_concept_detector, load_model, read_config, save_model
+    from .checkpoint import atomic_write_bytes, copy_concepts, load_concept_detector, load_model, read_config, save_model
+    from .confidence import CALIBRATION
     from .encoders import create_encoder
 
     decoder, vocabulary, config = load_model(args.model)
@@ -350,11 +351,28 @@ def command_export(args: argparse.Namespace) -> int:
             if "concepts" not in config or not 0 <= value <= most:
                 raise CaptionerError(f"--{key.replace('_', '-')} needs a model with concepts and a value between 0 and {most:g}")
             config["concepts"][key] = value
+    calibration = _calibration_to_copy(args, output)
     save_model(output, decoder, vocabulary, config, dtype=torch.float16 if args.fp16 else None)
     copy_concepts(concepts_source, output, dtype=torch.float16 if args.fp16 else None)
+    if calibration is not None:
+        atomic_write_bytes(output / CALIBRATION, calibration)
     size = (output / "model.safetensors").stat().st_size / 2**20
     print(f"exported {args.model} to {output} ({size:.1f} MiB{', float16' if args.fp16 else ''})")
     return 0
+
+
+def _calibration_to_copy(args: argparse.Namespace, output: Path) -> bytes | None:
+    """The model's calibration.json, checked, where the copy's captions stay the same (None where it has
+    none, or where a flag changes the captions: a new fit is needed then)."""
+    from .confidence import CALIBRATION, load_calibration
+
+    if load_calibration(args.model) is None:  # none (noted); a broken one is refused here, before any write
+        return None
+    changes = [flag for flag in ("length_penalty", "no_repeat_ngram_size", "person_threshold", "tag_threshold", "animal_floor", "object_penalty", "concepts_from") if getattr(args, flag) is not None]
+    if changes:
+        print(f"captioner: note: {CALIBRATION} not copied: --{changes[0].replace('_', '-')} changes the captions; fit a new one with scripts/fit_confidence.py --model {output}", file=sys.stderr)
+        return None
+    return (Path(args.model) / CALIBRATION).read_bytes()
 
 
 def check_export_folder(output: Path, model: Path, flag: str) -> None:

@@ -7,6 +7,7 @@ An export folder holds:
     config.json            the model's config (decoding defaults, concept rules, decoder shape)
     vocabulary.json        the word list
     metrics.json           the model's test scores, where it has them
+    calibration.json       the model's confidence calibration, where it has one
     encoder.onnx           images (B, 3, S, S) -> feature_map (B, C, H, W)
     imagenet_head.onnx     pooled (B, C) -> ImageNet logits (B, 1000)
     word_detectors.onnx    grid (B, G, C) -> log P(word in no cell) (B, W); models with concepts
@@ -38,6 +39,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .checkpoint import CONCEPTS, CONFIG, METRICS, PERSON_BY_CLASS, VOCABULARY, atomic_write_bytes, atomic_write_json, read_metrics
+from .confidence import CALIBRATION
 from .concepts import MAX_CONCEPT_WORDS, Concepts, ConceptDetector, WordDetector
 from .decoders import Features, TransformerDecoder
 from .onnx_encoder import OPSET, encoder_graph, export_graph
@@ -245,6 +247,8 @@ def export_files(captioner) -> tuple[dict[str, bytes], dict]:
     metrics = read_metrics(captioner.path) if captioner.path else {}
     if metrics:
         files[METRICS] = (json.dumps(metrics, indent=2) + "\n").encode("utf-8")
+    if captioner.calibration is not None:  # the same captions, so the same confidence
+        files[CALIBRATION] = (json.dumps(captioner.calibration.to_dict(), indent=2) + "\n").encode("utf-8")
     manifest = {
         "format": "captioner-onnx", "format_version": ONNX_FORMAT_VERSION, "captioner_version": captioner_version(),
         "opset": OPSET, "model": captioner.name, "decoder": {"kind": captioner.decoder.config.kind, "per_image_state": graphs.per_image},

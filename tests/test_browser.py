@@ -142,11 +142,12 @@ def open_options(page) -> None:
     page.wait_for_selector("#beam-size", state="visible")
 
 
-def fake_captions(page, scores: list[float]) -> None:
-    """Answer /api/captions with captions of the given scores, best first, to test how scores are shown."""
+def fake_captions(page, scores: list[float], confidences: list[float | None] | None = None, tags: list[dict] | None = None, tags_alt_text: str | None = None) -> None:
+    """Answer /api/captions with captions of the given scores and confidences (default 0.8), best first, to test how they are shown."""
+    confidences = confidences or [0.8] * len(scores)
     body = {
-        "captions": [{"text": f"caption number {rank}", "score": score} for rank, score in enumerate(scores, start=1)],
-        "tags": [], "model": "test", "image": {"width": 451, "height": 300},
+        "captions": [{"text": f"caption number {rank}", "score": score, "confidence": confidence} for rank, (score, confidence) in enumerate(zip(scores, confidences), start=1)],
+        "tags": tags or [], "tags_alt_text": tags_alt_text, "model": "test", "image": {"width": 451, "height": 300},
         "timing_ms": {"decode": 1.0, "encode": 1.0, "generate": 1.0, "total": 3.0},
     }
     page.unroute("**/api/captions")
@@ -267,15 +268,16 @@ def test_phone_width_with_alternatives(open_page, screenshot_folder):
     screenshot(page, screenshot_folder, "phone-caption-dark.png")
 
 
-# (score, words the page must show): bands measured on 380 photos, see CONFIDENCE in app.js
-CONFIDENCE_CASES = [(-0.62, "Fairly sure"), (-0.93, "Somewhat sure"), (-1.18, "Unsure \u2014 check this caption"), (-1.75, "A guess \u2014 probably wrong")]
+# (confidence, words the page must show), by the shipped model's bands (its calibration.json, sent by /api/model)
+CONFIDENCE_CASES = [(0.86, "Fairly sure"), (0.61, "Somewhat sure"), (0.42, "Unsure \u2014 check this caption"), (0.12, "A guess \u2014 probably wrong")]
 
 
 def test_confidence_in_words_and_type(open_page, screenshot_folder):
     page = open_page()
     styles = {}
-    for score, words in CONFIDENCE_CASES:
-        fake_captions(page, [score])
+    score = -1.25
+    for confidence, words in CONFIDENCE_CASES:
+        fake_captions(page, [score], [confidence])
         page.evaluate("document.getElementById('caption').textContent = ''")
         page.set_input_files("#file", str(EXAMPLES / "chelsea.jpg"))
         wait_for_caption(page)
@@ -498,3 +500,34 @@ def test_docs_render_and_try_it_out_captions_a_photo(open_page, server_url, scre
     response.scroll_into_view_if_needed()
     screenshot(page, screenshot_folder, "docs-try-it-out.png", full_page=False)
     assert all(url.startswith((server_url, "data:", "blob:")) for url in page.requested), "nothing from a CDN"
+
+
+def test_a_guess_offers_the_tags_as_alt_text_and_keeps_the_alt_neutral(open_page, screenshot_folder):
+    page = open_page()
+    tags = [{"word": "cup", "score": 0.99}, {"word": "coffee", "score": 0.99}]
+    fake_captions(page, [-1.8], [0.12], tags, "Photo of a cup and coffee.")
+    page.set_input_files("#file", str(EXAMPLES / "coffee.jpg"))
+    caption = wait_for_caption(page)
+    assert page.inner_text("#confidence-words") == "A guess \u2014 probably wrong"
+    assert "probably wrong" in page.inner_text("#suggestion").lower()  # said plainly, beside the suggestion
+    assert page.is_visible("#suggestion") and page.inner_text("#suggestion-text") == "Photo of a cup and coffee."
+    assert page.get_attribute("#preview", "alt") == "Your photo"  # the guess is not the photo's description
+    assert "button-primary" in page.get_attribute("#copy-suggestion", "class") and "button-quiet" in page.get_attribute("#copy", "class")
+    suggestion_box, copy_box = page.locator("#copy-suggestion").bounding_box(), page.locator("#copy").bounding_box()
+    assert suggestion_box["height"] > copy_box["height"]  # the suggestion's button is the prominent one
+    page.click("#copy-suggestion")
+    assert page.evaluate("navigator.clipboard.readText()") == "Photo of a cup and coffee."
+    screenshot(page, screenshot_folder, "desktop-caption-guess-suggestion.png", full_page=False)
+
+    fake_captions(page, [-0.9], [0.86], tags, "Photo of a cup and coffee.")  # a sure caption: no suggestion, the caption is the alt
+    page.evaluate("document.getElementById('caption').textContent = ''")
+    page.set_input_files("#file", str(EXAMPLES / "coffee.jpg"))
+    caption = wait_for_caption(page)
+    assert not page.is_visible("#suggestion") and page.get_attribute("#preview", "alt") == caption
+    assert "button-quiet" not in page.get_attribute("#copy", "class")
+
+    fake_captions(page, [-0.9], [None])  # a model without calibration: no confidence words invented
+    page.evaluate("document.getElementById('caption').textContent = ''")
+    page.set_input_files("#file", str(EXAMPLES / "coffee.jpg"))
+    wait_for_caption(page)
+    assert page.inner_text("#confidence-words") == "No confidence for this model" and not page.is_visible("#suggestion")

@@ -942,3 +942,14 @@ def test_a_wide_beam_takes_fewer_photos_per_batch(client):
     wide, answers = asyncio.run(caption_together(6))
     assert narrow == [6] and wide == [2, 2, 2]
     assert all(captions[0].text for captions, _ in answers)
+
+
+def test_each_caption_has_a_confidence_and_the_model_its_bands(client):
+    body = post_image(client, (EXAMPLES / "coffee.jpg").read_bytes(), beam_size=3, num_captions=3).json()
+    assert len(body["captions"]) == 3 and all(0.0 <= caption["confidence"] <= 1.0 for caption in body["captions"])
+    expected = client.app.state.captioner.caption((EXAMPLES / "coffee.jpg").read_bytes(), beam_size=3, num_captions=3)
+    assert [c["confidence"] for c in body["captions"]] == [c.confidence for c in expected]
+    assert body["tags_alt_text"] == "Photo of a cup and coffee."  # the fallback where the caption is a guess
+    bands = client.get("/api/model").json()["confidence_bands"]
+    assert [band["level"] for band in bands] == ["fairly-sure", "somewhat-sure", "unsure", "guess"] and bands[-1]["minimum"] == 0
+    assert [band.minimum for band in client.app.state.captioner.calibration.bands] == [band["minimum"] for band in bands]

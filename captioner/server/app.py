@@ -31,6 +31,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from ..alt_text import tags_alt_text
 from ..api import Captioner
 from ..encoders import PreprocessConfig, shrink_large
 from ..errors import CaptionerError, ImageError
@@ -539,9 +540,11 @@ async def create_caption(
             await discard_body(request, settings.max_upload_bytes + MULTIPART_OVERHEAD, timeout=2.0)
         raise
     timings = {"decode": decode_ms, **timings, "total": round((time.perf_counter() - started) * 1000, 1)}
-    tags = [schemas.Tag(word=t.word, score=t.score) for t in (captions[0].tags if captions else [])]  # the photo's, on every caption
+    photo_tags = captions[0].tags if captions else []  # the photo's, on every caption
+    tags = [schemas.Tag(word=t.word, score=t.score) for t in photo_tags]
     return schemas.CaptionResponse(
-        captions=[schemas.Caption(text=c.text, score=c.score) for c in captions], tags=tags, model=captioner.name, image=size,
+        captions=[schemas.Caption(text=c.text, score=c.score, confidence=c.confidence) for c in captions], tags=tags,
+        tags_alt_text=tags_alt_text(photo_tags, captioner.concept_detector.table.words), model=captioner.name, image=size,
         timing_ms=schemas.Timings(**timings),
     )
 
@@ -553,6 +556,7 @@ async def model_info(request: Request, captioner: CaptionerDependency) -> schema
         name=captioner.name, encoder=captioner.config["encoder"],
         decoder=schemas.DecoderInfo(kind=decoder.pop("kind"), parameters=decoder),
         vocabulary_size=len(captioner.vocabulary), device=str(captioner.device), backend=captioner.backend, metrics=request.app.state.model_metrics,
+        confidence_bands=[schemas.ConfidenceBand(level=b.level, minimum=b.minimum) for b in captioner.calibration.bands] if captioner.calibration else None,
     )
 
 

@@ -31,6 +31,11 @@ class CaptionForm(CaptionOptions):
 class Caption(BaseModel):
     text: str
     score: float = Field(description="Length-normalised log-probability; higher is better.")
+    confidence: float | None = Field(
+        None, ge=0, le=1,
+        description="Probability, 0 to 1, that the caption is acceptable alt text (names the photo's subject and says nothing false), "
+        "calibrated on labelled dev photos; null when the model folder has no calibration.json.",
+    )
 
 
 class Tag(BaseModel):
@@ -57,6 +62,9 @@ class Timings(BaseModel):
 class CaptionResponse(BaseModel):
     captions: list[Caption] = Field(description="Best first.")
     tags: list[Tag] = Field(description="The photo's visual concepts, most probable first; may be empty.")
+    tags_alt_text: str | None = Field(
+        None, description="Alt text made from the tags that name things, e.g. `Photo of a cup and coffee.`: the fallback where the caption is a guess; null without such tags.",
+    )
     model: str
     image: ImageSize
     timing_ms: Timings
@@ -67,6 +75,13 @@ class DecoderInfo(BaseModel):
     parameters: dict[str, int | float | str | None] = Field(description="The decoder's shape: sizes, layers, heads.")
 
 
+class ConfidenceBand(BaseModel):
+    """Captions with a confidence from `minimum` up to the next band's minimum are put in one set of words."""
+
+    level: str = Field(description="fairly-sure, somewhat-sure, unsure or guess.")
+    minimum: float = Field(ge=0, le=1)
+
+
 class ModelInfo(BaseModel):
     name: str
     encoder: str
@@ -75,6 +90,9 @@ class ModelInfo(BaseModel):
     device: str = Field(description="Where the model runs: cpu, or cuda:N.")
     backend: str = Field(description="What runs it: pytorch, or onnxruntime.")
     metrics: dict = Field(description="Test-split scores from the model's metrics.json; empty if it was never evaluated.")
+    confidence_bands: list[ConfidenceBand] | None = Field(
+        None, description="From the model's calibration.json, surest first; a caption below the last but one band's minimum is a guess. Null: captions come without a confidence.",
+    )
 
 
 class Health(BaseModel):

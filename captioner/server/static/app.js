@@ -15,6 +15,7 @@
     answer: $("answer"), caption: $("caption"), tags: $("tags"), copy: $("copy"), copyLabel: $("copy-label"),
     confidenceWords: $("confidence-words"), confidenceDetail: $("confidence-detail"), bestBar: $("best-bar"), bestScore: $("best-score"),
     alternativesBlock: $("alternatives-block"), alternatives: $("alternatives"), timing: $("timing"), status: $("status"),
+    suggestion: $("suggestion"), suggestionText: $("suggestion-text"), copySuggestion: $("copy-suggestion"), copySuggestionLabel: $("copy-suggestion-label"),
   };
 
   // Server errors caused by the file itself: the photo is dropped, so nothing re-sends it.
@@ -22,21 +23,17 @@
   const FORMATS = "JPEG, PNG, WebP, GIF, BMP or TIFF";
   const SETTLE_MS = 350; // options send one request once the user stops changing them
 
-  // How sure the model is, from a caption's score (mean log-probability per word). Measured with
-  // the shipped model (beam 3) on 380 photos, 300 from Flickr8k's test split and 80 from COCO,
-  // counting a caption as far off when its CIDEr-D against the photo's references was under 0.1:
-  // at -0.80 and above none was far off; -1.00 to -0.80, 18 %; -1.40 to -1.00, 31 %; below -1.40,
-  // 85 %. Bands compare the score as shown, to two decimals, so the words and number agree.
-  const CONFIDENCE = [
-    { floor: -0.8, level: "fairly-sure", signal: 4, words: "Fairly sure",
-      detail: "Captions scored like this are rarely far off." },
-    { floor: -1.0, level: "somewhat-sure", signal: 3, words: "Somewhat sure",
-      detail: "About 1 in 5 captions scored like this is far off; details are often wrong." },
-    { floor: -1.4, level: "unsure", signal: 2, words: "Unsure \u2014 check this caption",
-      detail: "About 1 in 3 captions scored like this is far off." },
-    { floor: -Infinity, level: "guess", signal: 1, words: "A guess \u2014 probably wrong",
-      detail: "Nearly all captions scored like this are far off: do not use it unchecked." },
-  ];
+  // How sure the model is: each caption's `confidence` from the server (the probability that it is
+  // acceptable alt text, calibrated with the model), put into words by the bands of the model's
+  // calibration (/api/model `confidence_bands`). Only the words for each level live here.
+  const LEVEL_WORDS = {
+    "fairly-sure": { signal: 4, words: "Fairly sure" },
+    "somewhat-sure": { signal: 3, words: "Somewhat sure" },
+    unsure: { signal: 2, words: "Unsure \u2014 check this caption" },
+    guess: { signal: 1, words: "A guess \u2014 probably wrong" },
+  };
+  const NO_CONFIDENCE = { level: "none", signal: 0, words: "No confidence for this model",
+    detail: "This model was not calibrated, so there is no telling how likely its captions are to be right: check them." };
   // One fixed scale for every score bar (the best caption and the alternatives): the range the
   // scores spanned on those 380 photos, so equal scores draw equal bars and a gap shows as a gap.
   const SCALE = { low: -2.0, high: -0.4 };
@@ -46,6 +43,7 @@
     beam_size: { minimum: 1, maximum: 10, default: 3 },
     num_captions: { minimum: 1, maximum: 5, default: 1 },
   };
+  let confidenceBands = null; // from the model's calibration, surest first; null: captions come without a confidence
   let currentFile = null; // the photo on show and being captioned; null after an error about the file
   let previewUrl = null;
   let inFlight = null; // AbortController of the request being answered
@@ -88,6 +86,7 @@
     elements.hint.textContent = `${FORMATS}, up to ${megabytes(limits.max_upload_bytes)}`;
     try {
       const model = await getJson("/api/model");
+      confidenceBands = model.confidence_bands || null;
       elements.modelName.textContent = `Model: ${model.name}`;
       elements.modelName.title = `${model.encoder} encoder, ${model.decoder.kind} decoder, ${model.vocabulary_size.toLocaleString()} words`;
     } catch (error) {
@@ -188,26 +187,46 @@
 
   // ---- confidence ----
 
-  function confidence(score) {
-    const shown = Math.round(score * 100) / 100;
-    return CONFIDENCE.find((band) => shown >= band.floor);
+  function confidence(caption) {
+    // {level, signal, words, detail} of a caption, from its confidence and the model's bands
+    const value = caption.confidence;
+    if (typeof value !== "number" || !confidenceBands) return NO_CONFIDENCE;
+    const band = confidenceBands.find((entry) => value >= entry.minimum) || confidenceBands[confidenceBands.length - 1];
+    const tenths = Math.round(value * 10);
+    const likely = `about ${tenths} in 10 captions this sure name the photo\u2019s subject and say nothing false`;
+    const detail = band.level === "guess" ? `Probably wrong: only ${likely}. Use the suggestion from the tags instead.`
+      : `${likely[0].toUpperCase()}${likely.slice(1)}.`;
+    return { level: band.level, ...LEVEL_WORDS[band.level], detail, percent: Math.round(value * 100) };
   }
 
-  function fillBar(bar, score) {
-    const share = (score - SCALE.low) / (SCALE.high - SCALE.low);
-    bar.dataset.confidence = confidence(score).level;
+  function fillBar(bar, caption) {
+    const share = (caption.score - SCALE.low) / (SCALE.high - SCALE.low);
+    bar.dataset.confidence = confidence(caption).level;
     bar.firstElementChild.style.width = `${(Math.min(1, Math.max(0, share)) * 100).toFixed(1)}%`;
   }
 
-  function showConfidence(score) {
-    const band = confidence(score);
+  function showConfidence(caption) {
+    const band = confidence(caption);
     elements.answer.dataset.confidence = band.level; // the caption's type follows it (style.css)
     elements.answer.dataset.signal = String(band.signal);
     elements.confidenceWords.textContent = band.words;
     elements.confidenceDetail.textContent = band.detail;
-    elements.bestScore.textContent = `Score ${formatScore(score)} \u00b7 average log-probability per word; nearer 0 is surer`;
-    fillBar(elements.bestBar, score);
+    const sure = band.percent === undefined ? "" : `Confidence ${band.percent}% \u00b7 `;
+    elements.bestScore.textContent = `${sure}score ${formatScore(caption.score)} \u00b7 average log-probability per word; nearer 0 is surer`;
+    fillBar(elements.bestBar, caption);
     return band;
+  }
+
+  function showSuggestion(band, body) {
+    // A guess: the tags that name things as the alt text to use, copied with their own (primary)
+    // button, while "Copy caption" steps back (style.css) and the preview's alt stays neutral.
+    const guess = band.level === "guess";
+    elements.suggestion.hidden = !guess;
+    elements.copy.classList.toggle("button-quiet", guess);
+    elements.suggestionText.textContent = body.tags_alt_text || "No tag names a thing in this photo: describe it yourself.";
+    elements.copySuggestion.hidden = !body.tags_alt_text;
+    elements.copySuggestionLabel.textContent = "Copy suggestion";
+    return guess ? body.tags_alt_text : null;
   }
 
   function alternative(caption) {
@@ -218,12 +237,12 @@
     const score = document.createElement("span");
     score.className = "alternative-score";
     score.textContent = formatScore(caption.score);
-    score.setAttribute("aria-label", `score ${formatScore(caption.score)}, ${confidence(caption.score).words.toLowerCase()}`);
+    score.setAttribute("aria-label", `score ${formatScore(caption.score)}, ${confidence(caption).words.toLowerCase()}`);
     const bar = document.createElement("span");
     bar.className = "score-bar";
     bar.setAttribute("aria-hidden", "true");
     bar.append(document.createElement("span"));
-    fillBar(bar, caption.score);
+    fillBar(bar, caption);
     item.append(words, score, bar);
     return item;
   }
@@ -233,8 +252,9 @@
     const text = sentence(best.text);
     const tags = body.tags || [];
     elements.caption.textContent = text;
-    elements.preview.alt = text;
-    const band = showConfidence(best.score);
+    const band = showConfidence(best);
+    const suggestion = showSuggestion(band, body);
+    elements.preview.alt = band.level === "guess" ? "Your photo" : text; // never a guess as the photo's description
     showTags(tags);
     elements.alternatives.replaceChildren(...others.map(alternative));
     elements.alternativesBlock.hidden = others.length === 0;
@@ -243,6 +263,7 @@
     resetCopyButton();
     show("answer");
     elements.status.textContent = `Caption: ${text} ${band.words}, score ${formatScore(best.score)}.`
+      + (suggestion ? ` Suggested alt text: ${suggestion}` : "")
       + (tags.length ? ` Visual concepts: ${tags.map((tag) => tag.word).join(", ")}.` : "");
     const box = elements.caption.getBoundingClientRect();
     if (box.top > window.innerHeight || box.bottom < 0) {
@@ -344,12 +365,12 @@
 
   function resetCopyButton() {
     clearTimeout(copyTimer);
-    elements.copy.classList.remove("is-done");
+    for (const button of [elements.copy, elements.copySuggestion]) button.classList.remove("is-done");
     elements.copyLabel.textContent = "Copy caption";
+    elements.copySuggestionLabel.textContent = "Copy suggestion";
   }
 
-  async function copyCaption() {
-    const text = elements.caption.textContent;
+  async function copyText(text, button, label, what) {
     try {
       await navigator.clipboard.writeText(text);
     } catch (error) {
@@ -362,14 +383,17 @@
       area.select();
       document.execCommand("copy");
       area.remove();
-      elements.copy.focus();
+      button.focus();
     }
-    elements.copy.classList.add("is-done");
-    elements.copyLabel.textContent = "Copied";
-    elements.status.textContent = "Caption copied to the clipboard.";
-    clearTimeout(copyTimer);
+    resetCopyButton();
+    button.classList.add("is-done");
+    label.textContent = "Copied";
+    elements.status.textContent = `${what} copied to the clipboard.`;
     copyTimer = setTimeout(resetCopyButton, 2000);
   }
+
+  const copyCaption = () => copyText(elements.caption.textContent, elements.copy, elements.copyLabel, "Caption");
+  const copySuggestion = () => copyText(elements.suggestionText.textContent, elements.copySuggestion, elements.copySuggestionLabel, "Suggested alt text");
 
   // ---- choosing, dropping and pasting ----
 
@@ -427,6 +451,7 @@
   elements.numCaptions.addEventListener("change", optionsChanged);
   elements.options.addEventListener("submit", (event) => { event.preventDefault(); caption(); });
   elements.copy.addEventListener("click", copyCaption);
+  elements.copySuggestion.addEventListener("click", copySuggestion);
 
   loadSettings();
 })();
