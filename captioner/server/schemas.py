@@ -75,6 +75,7 @@ class ModelInfo(BaseModel):
     device: str = Field(description="Where the model runs: cpu, or cuda:N.")
     backend: str = Field(description="What runs it: pytorch, or onnxruntime.")
     metrics: dict = Field(description="Test-split scores from the model's metrics.json; empty if it was never evaluated.")
+    attention_maps: bool = Field(False, description="Whether `POST /api/explain` can show where each word looked (attention and transformer decoders on pytorch).")
 
 
 class Health(BaseModel):
@@ -106,3 +107,29 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class WordMap(BaseModel):
+    word: str
+    map: list[list[float]] = Field(description="Rows x columns over the photo (the encoder's grid), top row first; sums to 1.")
+    grid_share: float = Field(ge=0, le=1, description="Share of the word's attention that went to the photo's grid at all (the rest to the whole-photo vector or concept tokens).")
+
+
+class GridSize(BaseModel):
+    rows: int
+    columns: int
+
+
+class ExplainResponse(BaseModel):
+    """The best caption and, per word, where the model looked when it wrote it."""
+
+    caption: str
+    words: list[WordMap] = Field(description="One per word of the decoder, in order.")
+    grid: GridSize
+    model: str
+    image: ImageSize
+
+
+class ExamplePhoto(BaseModel):
+    name: str
+    url: str
