@@ -22,7 +22,7 @@ from typing import Annotated, TypeVar
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -655,7 +655,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The app: JSON API under /api, health at /healthz, the page at /, docs at /docs."""
     app = CaptionerApp(
         title=TITLE, version=__version__, lifespan=lifespan, docs_url=None,
-        description="Upload a photo, get its caption. Uploads are processed in memory and never stored or logged.\n\n[\u2190 Back to the captioning page](/)",
+        description="Upload a photo, get its caption. Uploads are processed in memory and never stored or logged.",
     )
     app.state.settings = settings = settings or Settings()
     app.state.captioner = None
@@ -672,6 +672,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 DOCS_OPENAPI_URL = "/docs/openapi-3.0.json"
+# Above Swagger UI, in the same tab (a link in the API's description would open a new one); Swagger's own styles.
+BACK_TO_PAGE = b'<body>\n<div class="swagger-ui"><div class="wrapper"><p class="info"><a class="link back-to-page" href="/">&larr; Back to the captioning page</a></p></div></div>'
 
 
 def _install_offline_docs(app: FastAPI) -> None:
@@ -697,6 +699,7 @@ def _install_offline_docs(app: FastAPI) -> None:
             swagger_favicon_url="/static/favicon.svg" if (STATIC / "favicon.svg").is_file() else "/docs-assets/favicon-32x32.png",
             swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
         )
+        page = HTMLResponse(page.body.replace(b"<body>", BACK_TO_PAGE, 1))
         page.headers["Content-Security-Policy"] = inline_script_policy(page.body)  # Swagger UI starts from an inline script
         return page
 
