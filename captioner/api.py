@@ -202,7 +202,9 @@ class Captioner:
             return self._generate(features, beam_size, num_captions, sampling, temperature, top_p, seed)
 
     def _generate(self, features: Features, beam_size: int, num_captions: int, sampling: bool, temperature: float, top_p: float, seed: int | None) -> list[list[Caption]]:
-        given, results = self._search(features, beam_size, num_captions, sampling, temperature, top_p, seed)
+        return self._captions(*self._search(features, beam_size, num_captions, sampling, temperature, top_p, seed))
+
+    def _captions(self, given: Conditioning, results: list[list[Hypothesis]]) -> list[list[Caption]]:
         return [[self._caption(hypothesis, image_tags, subject) for hypothesis in hypotheses] for hypotheses, image_tags, subject in zip(results, given.tags, given.subjects)]
 
     def _search(
@@ -254,7 +256,7 @@ class Captioner:
         features = self.encode_pixels(torch.stack([preprocess(image, self.preprocess_config) for image in images]))
         with one_cpu_thread(self.device):
             given, results = self._search(features, beam_size, num_captions)
-            captions = [[self._caption(hypothesis, image_tags, subject) for hypothesis in hypotheses] for hypotheses, image_tags, subject in zip(results, given.tags, given.subjects)]
+            captions = self._captions(given, results)
             explanations = []
             for row, (image, hypotheses, subject) in enumerate(zip(images, results, given.subjects)):
                 tokens = hypotheses[0].tokens
