@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import torch
+from PIL import Image
 
 from .checkpoint import load_concept_detector, load_model, read_metrics
 from .colour import saturation
@@ -19,6 +20,7 @@ from .devices import one_cpu_thread, resolve_device
 from .encoders import PreprocessConfig, create_encoder, preprocess
 from .onnx_encoder import encoder_on
 from .errors import CaptionerError
+from .explain import Explanation, attention_over_grid, check_explainable, explanation, one_row, token_words
 from .images import ImageInput, load_image
 from .onnx_backend import check_backend, is_onnx_export, load_onnx_captioner
 from .subject import Subject, SubjectRule, SubjectSettings, render
@@ -204,6 +206,15 @@ class Captioner:
             return self._generate(features, beam_size, num_captions, sampling, temperature, top_p, seed)
 
     def _generate(self, features: Features, beam_size: int, num_captions: int, sampling: bool, temperature: float, top_p: float, seed: int | None) -> list[list[Caption]]:
+        return self._captions(*self._search(features, beam_size, num_captions, sampling, temperature, top_p, seed))
+
+    def _captions(self, given: Conditioning, results: list[list[Hypothesis]]) -> list[list[Caption]]:
+        return [[self._caption(hypothesis, image_tags, subject) for hypothesis in hypotheses] for hypotheses, image_tags, subject in zip(results, given.tags, given.subjects)]
+
+    def _search(
+        self, features: Features, beam_size: int, num_captions: int, sampling: bool = False, temperature: float = 1.0, top_p: float = 0.9, seed: int | None = None,
+    ) -> tuple[Conditioning, list[list[Hypothesis]]]:
+        """The conditioning of a batch and, per image, its n-best hypotheses."""
         options = self.decoding_options()
         given = self.conditioning(features)
         features, banned, bias, phrases = given.features, given.banned, given.bias, given.banned_phrases
@@ -214,7 +225,7 @@ class Captioner:
             results = greedy(self.decoder, features, options, banned, bias, phrases)
         else:
             results = beam_search(self.decoder, features, beam_size, num_captions, options, banned, bias, given.constraints, self.subject_settings.margin, phrases)
-        return [[self._caption(hypothesis, image_tags, subject) for hypothesis in hypotheses] for hypotheses, image_tags, subject in zip(results, given.tags, given.subjects)]
+        return given, results
 
     def _caption(self, hypothesis: Hypothesis, tags: list[Tag], subject: Subject | None = None) -> Caption:
         renames = subject.writing.renames if subject else None
@@ -234,3 +245,28 @@ class Captioner:
             features = self.encode(batch[start : start + batch_size])
             results.extend(self.generate(features, beam_size, num_captions, **generate_options))
         return results[0] if single else results
+
+    def explain(self, image: ImageInput, beam_size: int = 3) -> Explanation:
+        """The best caption of one image and, per word, where the decoder looked when it wrote it
+        (`Explanation.maps`, (words, rows, columns) over the encoder grid; see `explain.py`).
+        Needs an attention or transformer decoder on the pytorch backend."""
+        check_explainable(self.decoder)  # before any work
+        return self.explain_batch([load_image(image)], beam_size)[1][0]
+
+    def explain_batch(self, images: Sequence[Image.Image], beam_size: int = 3, num_captions: int = 1) -> tuple[list[list[Caption]], list[Explanation]]:
+        """Upright RGB photos -> their n-best captions, as `generate` gives them, and the
+        explanation of each photo's best caption, from one search."""
+        check_explainable(self.decoder)
+        if not 1 <= num_captions <= beam_size <= 20:
+            raise CaptionerError(f"explain needs 1 <= number of captions <= beam size <= 20, got {num_captions} and {beam_size}")
+        features = self.encode_pixels(torch.stack([preprocess(image, self.preprocess_config) for image in images]))
+        with one_cpu_thread(self.device):
+            given, results = self._search(features, beam_size, num_captions)
+            captions = self._captions(given, results)
+            explanations = []
+            for row, (image, hypotheses, subject) in enumerate(zip(images, results, given.subjects)):
+                tokens = hypotheses[0].tokens
+                on_grid, share = attention_over_grid(self.decoder, one_row(given.features, row), tokens)
+                words = token_words(self.vocabulary, tokens, subject.writing.renames if subject else None)
+                explanations.append(explanation(captions[row][0].text, words, on_grid, share, self.decoder.config.grid_size, image))
+        return captions, explanations

@@ -123,6 +123,8 @@ def command_caption(args: argparse.Namespace) -> int:
         raise CaptionerError(f"--num-captions ({args.num_captions}) cannot exceed --beam-size ({args.beam_size})")
     if args.output is not None and not args.output.strip():
         raise CaptionerError("--output is empty; pass a file name (or leave --output out to print the captions)")
+    if args.explain is not None:
+        _check_explain(args)
     if args.ray:
         if args.backend:
             raise CaptionerError("--backend does not work with --ray yet; Ray actors load an ONNX export folder (--model) on onnxruntime by themselves")
@@ -136,6 +138,19 @@ def command_caption(args: argparse.Namespace) -> int:
         paths, problems = _photos(args.paths)
         return _caption_photos(paths, args, None) or int(bool(problems))
     return _caption_into(Path(args.output), args)
+
+
+def _check_explain(args: argparse.Namespace) -> None:
+    """--explain DIR: refused, before any work, with what it cannot show, or where it cannot write."""
+    from .attention_figure import check_explain_folder
+
+    if args.ray:
+        raise CaptionerError("--explain does not work with --ray; draw the attention maps on this machine, without --ray")
+    if args.sample:
+        raise CaptionerError("--explain draws the beam search's best caption; leave out --sample")
+    if not args.explain.strip():
+        raise CaptionerError("--explain is empty; pass a folder for the attention figures")
+    check_explain_folder(Path(args.explain))
 
 
 def _photos(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -175,8 +190,12 @@ def _caption_photos(todo: list[Path], args: argparse.Namespace, log) -> int:
     from tqdm import tqdm
 
     from .api import Captioner
+    from .attention_figure import draw_explanation, save_new_png
+    from .explain import check_explainable
 
     captioner = Captioner.load(args.model, args.device, args.backend) if args.model else Captioner.from_pretrained(device=args.device, backend=args.backend)
+    if args.explain is not None:
+        check_explainable(captioner.decoder)  # a model without attention maps is refused before any photo is captioned
     failed = False
     bar = tqdm(total=len(todo), unit="photo", file=sys.stderr, disable=log is None or args.quiet, dynamic_ncols=True)
     try:
@@ -185,7 +204,12 @@ def _caption_photos(todo: list[Path], args: argparse.Namespace, log) -> int:
                 for error in errors:
                     bar.write(f"captioner: {error}", file=sys.stderr)
                 failed |= bool(errors)
-                if loaded:
+                if loaded and args.explain is not None:
+                    results, explanations = captioner.explain_batch([image for _, image in loaded], args.beam_size, args.num_captions)
+                    for (path, _), captions, explanation in zip(loaded, results, explanations):
+                        save_new_png(draw_explanation(explanation), Path(args.explain), path.stem)
+                        _print_or_log(path, captions, args, log)
+                elif loaded:
                     features = captioner.encode([image for _, image in loaded])
                     results = captioner.generate(
                         features, args.beam_size, args.num_captions, sampling=args.sample,
@@ -454,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--output", help="append one JSON line per photo to this file as it goes; a rerun skips photos already in it")
     caption.add_argument("--workers", type=_number(int, Limit(1, 64), "a whole number from 1 to 64"), default=1, help="threads decoding photos ahead of the model (default 1)")
     caption.add_argument("--quiet", action="store_true", help="no progress bar or summary with --output")
+    caption.add_argument("--explain", metavar="DIR", help="also write DIR/PHOTO.png per photo: the photo and, per word of its best caption, where the model looked (attention and transformer decoders; never replaces a file: a taken name gets -2, -3, ...)")
     caption.add_argument("--device", type=DEVICE, default=None, help=DEVICE_HELP)
     caption.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
     caption.add_argument("--ray", metavar="ADDRESS", help="caption with Ray Data: local (start Ray here), auto (this machine's cluster), HOST:PORT (its head) or ray://HOST:PORT (Ray Client); PATH may also be a URI (s3://...) or a .parquet/.csv manifest with a 'path' column, and --output is a folder of shards (pip install 'captioner[ray]')")

@@ -33,7 +33,7 @@ RECORD_FORMS = """(() => {
     const fetch = window.fetch;
     window.captionForms = [];
     window.fetch = (url, options) => {
-        if (options && options.body instanceof FormData) {
+        if (options && options.body instanceof FormData && String(url).endsWith("/api/captions")) {  // not /api/explain's
             window.captionForms.push(Object.fromEntries(Array.from(options.body).filter(([name]) => name !== "image")));
         }
         return fetch(url, options);

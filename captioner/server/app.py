@@ -14,15 +14,16 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, TypeVar
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -31,13 +32,16 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from .. import __version__
 from ..alt_text import tags_alt_text
 from ..api import Captioner
 from ..encoders import PreprocessConfig, shrink_large
 from ..errors import CaptionerError, ImageError
+from ..explain import check_explainable
 from ..images import MAX_PIXELS, TooCostlyError, TooManyPixelsError, decode_memory, jpeg_layout, load_image, open_header
 from . import schemas
 from .batching import CaptionBatcher
+from .examples import example_photos
 from .malloc import fix_mmap_threshold
 from .security_headers import SecurityHeaders, inline_script_policy
 
@@ -46,6 +50,7 @@ logger = logging.getLogger("captioner.server")
 MB = 1024 * 1024
 CLOSE = {"Connection": "close"}  # the rest of an unread body cannot be told from the next request
 STATIC = Path(__file__).parent / "static"
+TITLE = "Captioner"
 # The formats images.FORMATS opens (a browser or phone produces these; JPEG includes multi-picture MPO).
 SUPPORTED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 MULTIPART_OVERHEAD = 64 * 1024  # part headers, boundaries and the option fields around the image
@@ -514,6 +519,25 @@ router = APIRouter()
 UNDRAINED_ERRORS = {"upload_timeout", "upload_too_large", "client_disconnected"}
 
 
+async def with_uploaded_photo(
+    request: Request, captioner: Captioner, queue: InferenceQueue, memory: UploadMemory, decoder: PhotoDecoder, settings: Settings,
+    work: Callable[[Image.Image, schemas.CaptionOptions], Awaitable[T]],
+) -> tuple[T, schemas.ImageSize, float]:
+    """Receive the form, decode its photo on the decoding threads and `await work(image, options)`:
+    its result, the photo's size and the decoding time in ms. The upload is held in memory only."""
+    try:
+        with memory.account() as hold:
+            data, options = await read_caption_form(request, settings, hold)
+            with queue.slot():  # only now, so a slow or stalled upload never holds an inference slot
+                image, size, decode_ms = await decoder.decode(data, captioner.preprocess_config)
+                del data  # the upload's bytes are not needed while the photo waits for its batch
+                return await work(image, options), size, decode_ms
+    except ApiError as error:
+        if error.code not in UNDRAINED_ERRORS:
+            await discard_body(request, settings.max_upload_bytes + MULTIPART_OVERHEAD, timeout=2.0)
+        raise
+
+
 @router.post(
     "/api/captions", response_model=schemas.CaptionResponse, summary="Caption a photo",
     responses=_errors(400, 408, 413, 415, 422, 503), openapi_extra=CAPTION_FORM_DOC,
@@ -528,17 +552,10 @@ async def create_caption(
     The upload is held in memory only, never written to disk or logged.
     """
     started = time.perf_counter()
-    try:
-        with memory.account() as hold:
-            data, options = await read_caption_form(request, settings, hold)
-            with queue.slot():  # only now, so a slow or stalled upload never holds an inference slot
-                image, size, decode_ms = await decoder.decode(data, captioner.preprocess_config)
-                del data  # the upload's bytes are not needed while the photo waits for its batch
-                captions, timings = await request.app.state.batcher.caption(image, options.beam_size, options.num_captions)
-    except ApiError as error:
-        if error.code not in UNDRAINED_ERRORS:
-            await discard_body(request, settings.max_upload_bytes + MULTIPART_OVERHEAD, timeout=2.0)
-        raise
+    batcher = request.app.state.batcher
+    (captions, timings), size, decode_ms = await with_uploaded_photo(
+        request, captioner, queue, memory, decoder, settings, lambda image, options: batcher.caption(image, options.beam_size, options.num_captions),
+    )
     timings = {"decode": decode_ms, **timings, "total": round((time.perf_counter() - started) * 1000, 1)}
     photo_tags = captions[0].tags if captions else []  # the photo's, on every caption
     tags = [schemas.Tag(word=t.word, score=t.score) for t in photo_tags]
@@ -549,6 +566,52 @@ async def create_caption(
     )
 
 
+MAP_DECIMALS = 4  # a 7 x 7 map in under 400 bytes of JSON
+
+
+@router.post(
+    "/api/explain", response_model=schemas.ExplainResponse, summary="Where each word of the caption looked",
+    responses=_errors(400, 408, 413, 415, 422, 503), openapi_extra=CAPTION_FORM_DOC,
+)
+async def explain_caption(
+    request: Request, captioner: CaptionerDependency, queue: QueueDependency, memory: UploadMemoryDependency, decoder: DecoderDependency,
+    settings: SettingsDependency,
+) -> schemas.ExplainResponse:
+    """Upload a photo as for `POST /api/captions` (`num_captions` is ignored): the best caption and,
+    per word, its attention map over the photo, a small grid of rows x columns summing to 1.
+
+    Only for models with an attention or transformer decoder on the pytorch backend (`attention_maps` in `GET /api/model`).
+    """
+    try:
+        check_explainable(captioner.decoder)
+    except CaptionerError as error:
+        await discard_body(request, settings.max_upload_bytes + MULTIPART_OVERHEAD, timeout=2.0)
+        raise ApiError(422, "no_attention_maps", f"This server's model cannot show where words looked: {error}.") from None
+    (_, explanations), size, _ = await with_uploaded_photo(
+        request, captioner, queue, memory, decoder, settings, lambda image, options: queue.run(captioner.explain_batch, [image], options.beam_size),
+    )
+    explained = explanations[0]
+    rows, columns = explained.maps.shape[1:]
+    words = [
+        schemas.WordMap(word=word, map=np.round(grid_map, MAP_DECIMALS).tolist(), grid_share=round(float(min(share, 1.0)), MAP_DECIMALS))
+        for word, grid_map, share in zip(explained.words, explained.maps, explained.grid_share)
+    ]
+    return schemas.ExplainResponse(caption=explained.caption, words=words, grid=schemas.GridSize(rows=rows, columns=columns), model=captioner.name, image=size)
+
+
+@router.get("/api/examples", response_model=list[schemas.ExamplePhoto], summary="The example photos the page offers")
+async def list_examples(request: Request) -> list[schemas.ExamplePhoto]:
+    return [schemas.ExamplePhoto(name=name, url=f"/examples/{name}") for name in request.app.state.examples]
+
+
+@router.get("/examples/{name}", include_in_schema=False)
+async def example_photo(request: Request, name: str) -> FileResponse:
+    path = request.app.state.examples.get(name)  # only the listed names: nothing else on disk is reachable
+    if path is None:
+        raise ApiError(404, "not_found", f"There is no example photo named {name[:60]!r}; GET /api/examples lists them.")
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
 @router.get("/api/model", response_model=schemas.ModelInfo, summary="The loaded model", responses=_errors(503))
 async def model_info(request: Request, captioner: CaptionerDependency) -> schemas.ModelInfo:
     decoder = dict(captioner.config["decoder"])
@@ -557,7 +620,16 @@ async def model_info(request: Request, captioner: CaptionerDependency) -> schema
         decoder=schemas.DecoderInfo(kind=decoder.pop("kind"), parameters=decoder),
         vocabulary_size=len(captioner.vocabulary), device=str(captioner.device), backend=captioner.backend, metrics=request.app.state.model_metrics,
         confidence_bands=[schemas.ConfidenceBand(level=b.level, minimum=b.minimum) for b in captioner.calibration.bands] if captioner.calibration else None,
+        attention_maps=explainable(captioner),
     )
+
+
+def explainable(captioner: Captioner) -> bool:
+    try:
+        check_explainable(captioner.decoder)
+    except CaptionerError:
+        return False
+    return True
 
 
 @router.get("/api/limits", response_model=schemas.Limits, summary="What uploads and options the server accepts")
@@ -678,7 +750,7 @@ class CaptionerApp(FastAPI):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app: JSON API under /api, health at /healthz, the page at /, docs at /docs."""
     app = CaptionerApp(
-        title="Captioner", version="1", lifespan=lifespan, docs_url=None,
+        title=TITLE, version=__version__, lifespan=lifespan, docs_url=None,
         description="Upload a photo, get its caption. Uploads are processed in memory and never stored or logged.",
     )
     app.state.settings = settings = settings or Settings()
@@ -686,6 +758,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_metrics = {}
     app.state.startup_error = None
     app.state.upload_memory = UploadMemory(settings.upload_memory_limit)
+    app.state.examples = example_photos()
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _install_offline_docs(app)
@@ -695,6 +768,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 DOCS_OPENAPI_URL = "/docs/openapi-3.0.json"
+# Above Swagger UI, in the same tab (a link in the API's description would open a new one); Swagger's own styles.
+BACK_TO_PAGE = b'<body>\n<div class="swagger-ui"><div class="wrapper"><p class="info"><a class="link back-to-page" href="/">&larr; Back to the captioning page</a></p></div></div>'
 
 
 def _install_offline_docs(app: FastAPI) -> None:
@@ -715,11 +790,12 @@ def _install_offline_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def docs():
         page = get_swagger_ui_html(
-            openapi_url=DOCS_OPENAPI_URL, title="Captioner API",
+            openapi_url=DOCS_OPENAPI_URL, title=f"{TITLE} {__version__} \u2014 JSON API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
             swagger_favicon_url="/static/favicon.svg" if (STATIC / "favicon.svg").is_file() else "/docs-assets/favicon-32x32.png",
             swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
         )
+        page = HTMLResponse(page.body.replace(b"<body>", BACK_TO_PAGE, 1))
         page.headers["Content-Security-Policy"] = inline_script_policy(page.body)  # Swagger UI starts from an inline script
         return page
 

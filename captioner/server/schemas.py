@@ -93,6 +93,7 @@ class ModelInfo(BaseModel):
     confidence_bands: list[ConfidenceBand] | None = Field(
         None, description="From the model's calibration.json, surest first; a caption below the last but one band's minimum is a guess. Null: captions come without a confidence.",
     )
+    attention_maps: bool = Field(False, description="Whether `POST /api/explain` can show where each word looked (attention and transformer decoders on pytorch).")
 
 
 class Health(BaseModel):
@@ -124,3 +125,29 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class WordMap(BaseModel):
+    word: str
+    map: list[list[float]] = Field(description="Rows x columns over the photo (the encoder's grid), top row first; sums to 1.")
+    grid_share: float = Field(ge=0, le=1, description="Share of the word's attention that went to the photo's grid at all (the rest to the whole-photo vector or concept tokens).")
+
+
+class GridSize(BaseModel):
+    rows: int
+    columns: int
+
+
+class ExplainResponse(BaseModel):
+    """The best caption and, per word, where the model looked when it wrote it."""
+
+    caption: str
+    words: list[WordMap] = Field(description="One per word of the decoder, in order.")
+    grid: GridSize
+    model: str
+    image: ImageSize
+
+
+class ExamplePhoto(BaseModel):
+    name: str
+    url: str

@@ -16,6 +16,8 @@
     confidenceWords: $("confidence-words"), confidenceDetail: $("confidence-detail"), bestBar: $("best-bar"), bestScore: $("best-score"),
     alternativesBlock: $("alternatives-block"), alternatives: $("alternatives"), timing: $("timing"), status: $("status"),
     suggestion: $("suggestion"), suggestionText: $("suggestion-text"), copySuggestion: $("copy-suggestion"), copySuggestionLabel: $("copy-suggestion-label"),
+    copyTags: $("copy-tags"), copyTagsLabel: $("copy-tags-label"), examplesBlock: $("examples-block"), examples: $("examples"),
+    wordMaps: $("word-maps"), wordList: $("word-list"), wordMap: $("word-map"),
   };
 
   // Server errors caused by the file itself: the photo is dropped, so nothing re-sends it.
@@ -49,6 +51,9 @@
   let inFlight = null; // AbortController of the request being answered
   let optionsTimer = 0;
   let copyTimer = 0;
+  let attentionMaps = false; // whether the model can show where each word looked (/api/model)
+  let wordMapsRequest = null; // AbortController of the request for the word maps
+  let chosenCaption = null; // the alternative chosen to copy instead of the best caption; null: the best
 
   // ---- set-up ----
 
@@ -87,6 +92,7 @@
     try {
       const model = await getJson("/api/model");
       confidenceBands = model.confidence_bands || null;
+      attentionMaps = Boolean(model.attention_maps);
       elements.modelName.textContent = `Model: ${model.name}`;
       elements.modelName.title = `${model.encoder} encoder, ${model.decoder.kind} decoder, ${model.vocabulary_size.toLocaleString()} words`;
     } catch (error) {
@@ -149,6 +155,7 @@
     if (inFlight) inFlight.abort();
     inFlight = null;
     currentFile = null;
+    clearWordMaps();
     const hadFocus = elements.photoActions.contains(document.activeElement);
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = null;
@@ -231,6 +238,12 @@
 
   function alternative(caption) {
     const item = document.createElement("li");
+    const choice = document.createElement("button");
+    choice.type = "button";
+    choice.className = "alternative-choice";
+    choice.setAttribute("aria-pressed", "false");
+    choice.dataset.text = sentence(caption.text);
+    choice.addEventListener("click", () => chooseAlternative(choice));
     const words = document.createElement("span");
     words.className = "alternative-text";
     words.textContent = sentence(caption.text);
@@ -243,7 +256,8 @@
     bar.setAttribute("aria-hidden", "true");
     bar.append(document.createElement("span"));
     fillBar(bar, caption);
-    item.append(words, score, bar);
+    choice.append(words, score, bar);
+    item.append(choice);
     return item;
   }
 
@@ -258,6 +272,8 @@
     showTags(tags);
     elements.alternatives.replaceChildren(...others.map(alternative));
     elements.alternativesBlock.hidden = others.length === 0;
+    chosenCaption = null;
+    showCopyTags(tags);
     const { width, height } = body.image;
     elements.timing.textContent = `${width.toLocaleString()} \u00d7 ${height.toLocaleString()} px \u00b7 captioned in ${Math.round(body.timing_ms.total)} ms`;
     resetCopyButton();
@@ -311,6 +327,7 @@
     inFlight = controller;
     const file = currentFile;
     show("progress");
+    clearWordMaps();
     elements.status.textContent = "Captioning your photo\u2026";
     const form = new FormData();
     form.append("image", file, file.name || "pasted-image");
@@ -327,6 +344,7 @@
       if (controller !== inFlight) return;
       if (response.ok && body && body.captions && body.captions.length) {
         showAnswer(body);
+        showWordMapsFor(file);
         return;
       }
       const error = (body && body.error) || { code: "", message: `The server answered ${response.status}; try again in a moment.` };
@@ -344,7 +362,7 @@
 
   function summariseOptions() {
     const count = Number(elements.numCaptions.value);
-    elements.optionsSummary.textContent = `beam ${elements.beamSize.value} \u00b7 ${count} caption${count === 1 ? "" : "s"}`;
+    elements.optionsSummary.textContent = `width ${elements.beamSize.value} \u00b7 ${count} caption${count === 1 ? "" : "s"}`;
   }
 
   function optionsChanged(event) {
@@ -365,9 +383,10 @@
 
   function resetCopyButton() {
     clearTimeout(copyTimer);
-    for (const button of [elements.copy, elements.copySuggestion]) button.classList.remove("is-done");
-    elements.copyLabel.textContent = "Copy caption";
+    for (const button of [elements.copy, elements.copySuggestion, elements.copyTags]) button.classList.remove("is-done");
+    elements.copyLabel.textContent = chosenCaption ? "Copy chosen caption" : "Copy caption";
     elements.copySuggestionLabel.textContent = "Copy suggestion";
+    elements.copyTagsLabel.textContent = "Copy tags";
   }
 
   async function copyText(text, button, label, what) {
@@ -392,7 +411,7 @@
     copyTimer = setTimeout(resetCopyButton, 2000);
   }
 
-  const copyCaption = () => copyText(elements.caption.textContent, elements.copy, elements.copyLabel, "Caption");
+  const copyCaption = () => copyText(chosenCaption || elements.caption.textContent, elements.copy, elements.copyLabel, chosenCaption ? "Chosen caption" : "Caption");
   const copySuggestion = () => copyText(elements.suggestionText.textContent, elements.copySuggestion, elements.copySuggestionLabel, "Suggested alt text");
 
   // ---- choosing, dropping and pasting ----
@@ -453,5 +472,152 @@
   elements.copy.addEventListener("click", copyCaption);
   elements.copySuggestion.addEventListener("click", copySuggestion);
 
+  // ---- choosing an alternative; copying the tags ----
+
+  function chooseAlternative(choice) {
+    // a second press gives the best caption back; the chosen one is what "Copy" copies
+    const choosing = choice.getAttribute("aria-pressed") !== "true";
+    for (const other of elements.alternatives.querySelectorAll(".alternative-choice")) other.setAttribute("aria-pressed", "false");
+    choice.setAttribute("aria-pressed", String(choosing));
+    chosenCaption = choosing ? choice.dataset.text : null;
+    elements.answer.classList.toggle("has-chosen", choosing);
+    resetCopyButton();
+    elements.status.textContent = choosing ? `Chosen to copy: ${chosenCaption}` : "The best caption is the one to copy again.";
+  }
+
+  function showCopyTags(tags) {
+    elements.copyTags.hidden = tags.length === 0;
+    elements.copyTags.dataset.text = tags.map((tag) => tag.word).join(", ");
+  }
+
+  const copyTags = () => copyText(elements.copyTags.dataset.text, elements.copyTags, elements.copyTagsLabel, "Tags");
+
+  elements.copyTags.addEventListener("click", copyTags);
+
+  // ---- example photos: clicking one captions it as if it were uploaded ----
+
+  async function captionExample(example) {
+    try {
+      const response = await fetch(example.url);
+      if (!response.ok) throw new Error(`${example.url}: ${response.status}`);
+      const blob = await response.blob();
+      handleFile(new File([blob], example.name, { type: blob.type || "image/jpeg" }));
+    } catch (error) {
+      showError(`Could not load the example \u201c${example.name}\u201d`, "Check that the captioner is still running, then try again.");
+    }
+  }
+
+  function exampleButton(example) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "example";
+    button.setAttribute("aria-label", `Caption the example photo ${example.name}`);
+    const picture = document.createElement("img");
+    picture.src = example.url;
+    picture.alt = "";
+    picture.loading = "lazy";
+    button.append(picture);
+    button.addEventListener("click", () => captionExample(example));
+    item.append(button);
+    return item;
+  }
+
+  async function loadExamples() {
+    try {
+      const examples = await getJson("/api/examples");
+      elements.examples.replaceChildren(...examples.map(exampleButton));
+      elements.examplesBlock.hidden = examples.length === 0;
+    } catch (error) {
+      elements.examplesBlock.hidden = true; // the page works without them
+    }
+  }
+
+  // ---- where each word looked: POST /api/explain, drawn on a canvas over the preview ----
+
+  // A dark-to-bright colour map (as "inferno"); a cell's opacity follows its weight too.
+  const HEAT = [[40, 11, 84], [159, 42, 99], [245, 125, 21], [252, 255, 164]];
+
+  function heat(value) {
+    const position = Math.min(1, Math.max(0, value)) * (HEAT.length - 1);
+    const low = Math.floor(position);
+    const high = Math.min(HEAT.length - 1, low + 1);
+    const mix = position - low;
+    return HEAT[low].map((channel, index) => Math.round(channel + (HEAT[high][index] - channel) * mix));
+  }
+
+  function drawWordMap(grid) {
+    // one pixel per grid cell; CSS stretches the canvas over the photo and the browser smooths it
+    const rows = grid.length;
+    const columns = grid[0].length;
+    const canvas = elements.wordMap;
+    canvas.width = columns;
+    canvas.height = rows;
+    const context = canvas.getContext("2d");
+    const pixels = context.createImageData(columns, rows);
+    const peak = Math.max(...grid.flat()) || 1;
+    grid.flat().forEach((value, index) => {
+      const share = value / peak;
+      pixels.data.set([...heat(share), Math.round(40 + 175 * share)], index * 4);
+    });
+    context.putImageData(pixels, 0, 0);
+    canvas.hidden = false;
+  }
+
+  function clearWordMaps() {
+    if (wordMapsRequest) wordMapsRequest.abort();
+    wordMapsRequest = null;
+    elements.wordMaps.hidden = true;
+    elements.wordList.replaceChildren();
+    elements.wordMap.hidden = true;
+  }
+
+  function showWord(button, word) {
+    for (const other of elements.wordList.querySelectorAll(".word")) other.setAttribute("aria-pressed", String(other === button));
+    drawWordMap(word.map);
+  }
+
+  function hideWord() {
+    for (const other of elements.wordList.querySelectorAll(".word")) other.setAttribute("aria-pressed", "false");
+    elements.wordMap.hidden = true;
+  }
+
+  function wordButton(word) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "word";
+    button.textContent = word.word;
+    button.setAttribute("aria-pressed", "false");
+    button.addEventListener("pointerenter", () => showWord(button, word));
+    button.addEventListener("pointerleave", (event) => { if (event.pointerType === "mouse") hideWord(); });
+    button.addEventListener("focus", () => showWord(button, word));
+    button.addEventListener("blur", hideWord);
+    button.addEventListener("click", () => showWord(button, word)); // a tap on a touch screen
+    item.append(button);
+    return item;
+  }
+
+  async function showWordMapsFor(file) {
+    if (!attentionMaps) return;
+    const controller = new AbortController();
+    wordMapsRequest = controller;
+    const form = new FormData();
+    form.append("image", file, file.name || "pasted-image");
+    form.append("beam_size", elements.beamSize.value);
+    try {
+      const response = await fetch("/api/explain", { method: "POST", body: form, signal: controller.signal });
+      const body = await response.json();
+      if (controller !== wordMapsRequest || !response.ok || !body.words || !body.words.length) return;
+      elements.wordList.replaceChildren(...body.words.map(wordButton));
+      elements.wordMaps.hidden = false;
+    } catch (error) {
+      // the maps are an extra: the caption stands without them
+    } finally {
+      if (controller === wordMapsRequest) wordMapsRequest = null;
+    }
+  }
+
   loadSettings();
+  loadExamples();
 })();
