@@ -552,9 +552,9 @@ async def create_caption(
     The upload is held in memory only, never written to disk or logged.
     """
     started = time.perf_counter()
-    batcher = request.app.state.batcher
     (captions, timings), size, decode_ms = await with_uploaded_photo(
-        request, captioner, queue, memory, decoder, settings, lambda image, options: batcher.caption(image, options.beam_size, options.num_captions),
+        request, captioner, queue, memory, decoder, settings,
+        lambda image, options: request.app.state.batcher.caption(image, options.beam_size, options.num_captions),
     )
     timings = {"decode": decode_ms, **timings, "total": round((time.perf_counter() - started) * 1000, 1)}
     photo_tags = captions[0].tags if captions else []  # the photo's, on every caption
