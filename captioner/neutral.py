@@ -49,16 +49,17 @@ MALE = frozenset({"man", "men", "guy", "guys", "gentleman", "gentlemen", "boy", 
                   "brother", "brothers", "husband", "husbands", "boyfriend", "boyfriends", "grandfather", "grandpa", "uncle", "nephew",
                   "king", "prince", "policeman", "policemen", "fireman", "firemen", "businessman", "businessmen", "fisherman", "fishermen",
                   "workman", "workmen", "sportsman", "cowboy", "cowboys", "waiter", "waiters", "groom", "schoolboy", "schoolboys",
-                  "male", "he", "him", "his", "himself", "man's", "men's", "boy's", "boys'", "guy's"})
+                  "man's", "men's", "boy's", "boys'", "guy's"})
 FEMALE = frozenset({"woman", "women", "lady", "ladies", "girl", "girls", "mother", "mothers", "mom", "moms", "mum", "daughter", "daughters",
                     "sister", "sisters", "wife", "wives", "girlfriend", "girlfriends", "grandmother", "grandma", "aunt", "niece", "queen",
                     "princess", "policewoman", "policewomen", "businesswoman", "businesswomen", "sportswoman", "cowgirl", "cowgirls",
                     "waitress", "waitresses", "actress", "actresses", "bride", "schoolgirl", "schoolgirls",
-                    "female", "she", "her", "hers", "herself", "woman's", "women's", "girl's", "girls'", "lady's"})
+                    "woman's", "women's", "girl's", "girls'", "lady's"})
 
 
 def gender_of(words: list[str]) -> str | None:
-    """"male", "female", "mixed" or None (no gendered person word) for a caption's words."""
+    """"male", "female", "mixed" or None (no gendered person noun) for a caption's words. Pronouns
+    do not count: Flickr8k's captions call dogs "he" and "she" ("a dog carrying his toy")."""
     male, female = any(word in MALE for word in words), any(word in FEMALE for word in words)
     return "mixed" if male and female else "male" if male else "female" if female else None
 
