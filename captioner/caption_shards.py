@@ -156,5 +156,6 @@ def record_schema():
     """The Parquet schema of a record: the fields of a `caption --output` line."""
     import pyarrow as pa
 
-    scored = lambda word: pa.list_(pa.struct([(word, pa.string()), ("score", pa.float64())]))  # noqa: E731
-    return pa.schema([("path", pa.string()), ("captions", scored("text")), ("tags", scored("word"))])
+    captions = pa.list_(pa.struct([("rank", pa.int64()), ("text", pa.string()), ("score", pa.float64())]))
+    tags = pa.list_(pa.struct([("word", pa.string()), ("score", pa.float64())]))
+    return pa.schema([("path", pa.string()), ("captions", captions), ("tags", tags)])
