@@ -36,7 +36,7 @@ captioner = Captioner.from_pretrained(device="cpu")
 for line in sys.stdin:
     path = line.strip()
     started = time.perf_counter()
-    caption = captioner.caption(path, beam_size=3)[0].text
+    caption = captioner.caption(path, beam_size=3).text
     print(json.dumps({"ms": (time.perf_counter() - started) * 1000, "caption": caption}), flush=True)
 """
 

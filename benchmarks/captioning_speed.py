@@ -178,7 +178,7 @@ def bench_engines(repeats: int, folder_photos: int, cache_photos: int) -> tuple[
                 started = time.perf_counter()
                 FeatureCache.build(Path(cache), captioner.encoder, [f"{i}" for i in range(len(cached))], cached, progress=False)
                 times["feature caching (photos/s)"].setdefault(ENCODER_NAMES[engine], []).append(len(cached) / (time.perf_counter() - started))
-    same = sum(a[0].text == b[0].text for a, b in zip(captions[ONNX], captions[PYTORCH]))
+    same = sum(a.text == b.text for a, b in zip(captions[ONNX], captions[PYTORCH]))
     return {name: {engine: statistics.median(values) for engine, values in runs.items()} for name, runs in times.items()}, same
 
 

@@ -1,15 +1,19 @@
-"""The Python API: `Captioner.from_pretrained()`, `Captioner.load(path)`, `.caption(images)`."""
+"""The Python API: `Captioner.from_pretrained(name_or_path)`, `captioner(images)` (or
+`.caption(images)`), `.save_pretrained(path)`, and `list_models()`."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Sequence, Union
 
 import torch
 from PIL import Image
 
-from .checkpoint import load_concept_detector, load_model, read_metrics
+from .caption_style import PLAIN, SENTENCE, check_style, written
+from .checkpoint import CONFIG, load_concept_detector, load_model, read_metrics
 from .colour import saturation
 from .confidence import Calibration, caption_features, load_calibration
 from .concepts import ConceptDetector, ConceptTable, Tag, concept_inputs, concept_word_ids, imagenet_head, tags_from_probabilities
@@ -18,16 +22,19 @@ from .decoding import Constraints, DecodingOptions, Hypothesis, Phrases, beam_se
 from .decoding_rules import DecodingRules, Evidence
 from .devices import one_cpu_thread, resolve_device
 from .encoders import PreprocessConfig, create_encoder, preprocess
-from .onnx_encoder import encoder_on
-from .errors import CaptionerError
+from .errors import CaptionerError, ImageError
 from .explain import Explanation, attention_over_grid, check_explainable, explanation, one_row, token_words
-from .images import ImageInput, load_image
+from .image_sources import ImageSource, is_one_image, read_image
+from .images import ImageInput
 from .onnx_backend import check_backend, is_onnx_export, load_onnx_captioner
+from .onnx_encoder import encoder_on
 from .subject import Subject, SubjectRule, SubjectSettings, render
 from .word_repeats import once_groups
 
 DEFAULT_MODEL = "flickr8k-default"
 DEFAULT_BACKEND = "pytorch"  # for model folders; export folders run on onnxruntime
+MAX_BEAM = 20
+MAX_SAMPLES = 100
 
 
 @dataclass
@@ -55,11 +62,28 @@ class Conditioning(NamedTuple):
         return [[subject.writing.tokens] if subject else [] for subject in self.subjects]
 
 
+# What `caption` returns: one image's Caption (or n-best list), or one of those per image
+CaptionResult = Union[Caption, list[Caption]]
+
+
+def _pretrained_root() -> Path:
+    return Path(str(resources.files("captioner") / "pretrained"))
+
+
+def list_models() -> list[str]:
+    """The names of the models shipped inside the package (`Captioner.from_pretrained(name)`)."""
+    root = _pretrained_root()
+    return sorted(entry.name for entry in root.iterdir() if (entry / CONFIG).is_file()) if root.is_dir() else []
+
+
 def pretrained_path(name: str = DEFAULT_MODEL) -> Path:
     """The folder of a model shipped inside the package."""
-    folder = Path(str(resources.files("captioner") / "pretrained" / name))
-    if not folder.is_dir():
-        raise CaptionerError(f"no shipped model named {name!r}; the package may be incomplete, reinstall it")
+    folder = _pretrained_root() / name
+    if not (folder / CONFIG).is_file() or "/" in name or "\\" in name or name.startswith("."):
+        shipped = list_models()
+        if name == DEFAULT_MODEL and not shipped:
+            raise CaptionerError(f"the shipped model {name!r} is missing; the package is incomplete, reinstall it")
+        raise CaptionerError(f"{name!r} is neither a shipped model ({', '.join(shipped) or 'none installed'}) nor a model folder; pass one of those names or a folder's path")
     return folder
 
 
@@ -131,9 +155,23 @@ class Captioner:
         return cls(encoder, decoder, vocabulary, config, Path(path), device, concept_detector=detector)
 
     @classmethod
-    def from_pretrained(cls, name: str = DEFAULT_MODEL, device: torch.device | str | None = None, backend: str | None = None) -> "Captioner":
-        """The default model that ships with the package; works offline."""
-        return cls.load(pretrained_path(name), device, backend)
+    def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL, device: torch.device | str | None = None, backend: str | None = None) -> "Captioner":
+        """A shipped model by name (`list_models()`; works offline), or a model folder or ONNX export
+        folder by path (`save_pretrained`, `captioner train`, `captioner export`). An existing folder
+        wins over a shipped name, as elsewhere in the field."""
+        if Path(name_or_path).is_dir():
+            return cls.load(name_or_path, device, backend)
+        return cls.load(pretrained_path(str(name_or_path)), device, backend)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write this model as a folder that `from_pretrained(path)` loads back to the same captions.
+        `dtype`: float type of the weights; None keeps the loaded folder's (float16 stays float16)."""
+        from .model_folders import save_captioner
+
+        return save_captioner(self, Path(path), dtype)
+
+    def __repr__(self) -> str:
+        return f"Captioner(model={self.name!r}, backend={self.backend!r}, device={str(self.device)!r})"
 
     @property
     def name(self) -> str:
@@ -151,9 +189,9 @@ class Captioner:
             once=self.once_groups,
         )
 
-    def encode(self, images: Sequence[ImageInput]) -> Features:
+    def encode(self, images: Sequence[ImageSource]) -> Features:
         """Images -> encoder features (grid (B, G, C), pooled (B, C)) and each photo's colour saturation."""
-        pixels = torch.stack([preprocess(load_image(image), self.preprocess_config) for image in images])  # (B, 3, S, S)
+        pixels = torch.stack([preprocess(read_image(image), self.preprocess_config) for image in images])  # (B, 3, S, S)
         return self.encode_pixels(pixels)
 
     def encode_pixels(self, pixels: torch.Tensor) -> Features:
@@ -172,9 +210,9 @@ class Captioner:
         probabilities, allowed = self.detect(features)
         return tags_from_probabilities(probabilities * allowed, self.concept_detector.words, self.tag_threshold if threshold is None else threshold, top_k)
 
-    def tags(self, images: ImageInput | Sequence[ImageInput], threshold: float | None = None, top_k: int = TAG_TOP_K, batch_size: int = 8) -> list[Tag] | list[list[Tag]]:
+    def tags(self, images: ImageSource | Iterable[ImageSource], threshold: float | None = None, top_k: int = TAG_TOP_K, batch_size: int = 8) -> list[Tag] | list[list[Tag]]:
         """The visual concepts of one image (a list of `Tag`) or of each image of a list, most probable first."""
-        single = not isinstance(images, (list, tuple))
+        single = is_one_image(images)
         batch = [images] if single else list(images)
         results = [tags for start in range(0, len(batch), batch_size) for tags in self.tags_from_features(self.encode(batch[start : start + batch_size]), threshold, top_k)]
         return results[0] if single else results
@@ -194,16 +232,16 @@ class Captioner:
 
     def generate(
         self, features: Features, beam_size: int = 3, num_captions: int = 1, sampling: bool = False,
-        temperature: float = 1.0, top_p: float = 0.9, seed: int | None = None,
+        temperature: float = 1.0, top_p: float = 0.9, seed: int | None = None, style: str = PLAIN, neutral: bool = False,
     ) -> list[list[Caption]]:
-        """Features -> an n-best list of captions per image, best first, each with the image's tags."""
-        if not 1 <= beam_size <= 20:
-            raise CaptionerError(f"beam size must be between 1 and 20, got {beam_size}")
-        most = 100 if sampling else beam_size  # beam search returns at most one caption per beam
-        if not 1 <= num_captions <= most:
-            raise CaptionerError(f"number of captions must be between 1 and {most}, got {num_captions}")
+        """Features -> an n-best list of captions per image, best first, each with the image's tags.
+        A `num_captions` above `beam_size` widens the beam to it. Captions are written in `style`
+        (plain here, as metrics score them; `caption` defaults to sentences), gender-neutral if `neutral`."""
+        beam_size = decoding_beam(beam_size, num_captions, sampling)
+        check_style(style)
         with one_cpu_thread(self.device):
-            return self._generate(features, beam_size, num_captions, sampling, temperature, top_p, seed)
+            results = self._generate(features, beam_size, num_captions, sampling, temperature, top_p, seed)
+        return written_captions(results, style, neutral)
 
     def _generate(self, features: Features, beam_size: int, num_captions: int, sampling: bool, temperature: float, top_p: float, seed: int | None) -> list[list[Caption]]:
         return self._captions(*self._search(features, beam_size, num_captions, sampling, temperature, top_p, seed))
@@ -233,29 +271,54 @@ class Captioner:
         confidence = self.calibration.confidence(caption_features(text, score, tags, subject.word if subject else None)) if self.calibration else None
         return Caption(text, score, tags, confidence)
 
-    def caption(self, images: ImageInput | Sequence[ImageInput], beam_size: int = 3, num_captions: int = 1, batch_size: int = 8, **generate_options) -> list[Caption] | list[list[Caption]]:
-        """Caption one image (returns its n-best list) or a list of images (a list of n-best lists).
+    def caption(
+        self, images: ImageSource | Iterable[ImageSource], beam_size: int = 3, num_captions: int = 1, batch_size: int = 8,
+        style: str = SENTENCE, neutral: bool = False, **generate_options,
+    ) -> CaptionResult | list[CaptionResult] | Iterator[CaptionResult]:
+        """Caption one image, or each image of a list or any other iterable.
 
-        Images may be paths, bytes, PIL images or NumPy arrays.
+        One image in, one result out: a `Caption`, or with `num_captions` > 1 its n-best list, best
+        first (a `num_captions` above `beam_size` widens the beam). A list or tuple in, a list of
+        results out, in order; any other iterable (a generator) in, an iterator of results out,
+        read and captioned `batch_size` images at a time as it is consumed. An image is a path, an
+        http(s) URL, bytes, a binary file object, a PIL image or a NumPy array. `style`: "sentence"
+        ("A cat sitting on a bed.") or "plain" ("a cat sitting on a bed"); `neutral`: person words
+        without gender ("a person", "a child", "people").
         """
-        single = not isinstance(images, (list, tuple))
-        batch = [images] if single else list(images)
-        results: list[list[Caption]] = []
-        for start in range(0, len(batch), batch_size):
-            features = self.encode(batch[start : start + batch_size])
-            results.extend(self.generate(features, beam_size, num_captions, **generate_options))
-        return results[0] if single else results
+        decoding_beam(beam_size, num_captions, generate_options.get("sampling", False))  # bad options fail before any image is read
+        check_style(style)
+        options = dict(beam_size=beam_size, num_captions=num_captions, style=style, neutral=neutral, **generate_options)
+        if is_one_image(images):
+            return next(self._results([images], batch_size, options))
+        if isinstance(images, (list, tuple)):
+            return list(self._results(images, batch_size, options))
+        if isinstance(images, Iterable):
+            return self._results(images, batch_size, options)
+        raise ImageError(f"cannot read an image from {type(images).__name__}; pass a path, URL, bytes, file object, PIL image or array, or a list of them")
+
+    __call__ = caption
+
+    def _results(self, images: Iterable[ImageSource], batch_size: int, options: dict) -> Iterator[CaptionResult]:
+        """Each image's result, in order, captioning `batch_size` images at a time as they are asked for."""
+        one_each = options["num_captions"] == 1
+        iterator = iter(images)
+        while batch := list(itertools.islice(iterator, batch_size)):
+            for captions in self.generate(self.encode(batch), **options):
+                yield captions[0] if one_each else captions
+
 
     def explain(self, image: ImageInput, beam_size: int = 3) -> Explanation:
         """The best caption of one image and, per word, where the decoder looked when it wrote it
         (`Explanation.maps`, (words, rows, columns) over the encoder grid; see `explain.py`).
         Needs an attention or transformer decoder on the pytorch backend."""
         check_explainable(self.decoder)  # before any work
-        return self.explain_batch([load_image(image)], beam_size)[1][0]
+        return self.explain_batch([read_image(image)], beam_size)[1][0]
 
-    def explain_batch(self, images: Sequence[Image.Image], beam_size: int = 3, num_captions: int = 1) -> tuple[list[list[Caption]], list[Explanation]]:
-        """Upright RGB photos -> their n-best captions, as `generate` gives them, and the
-        explanation of each photo's best caption, from one search."""
+    def explain_batch(
+        self, images: Sequence[Image.Image], beam_size: int = 3, num_captions: int = 1, style: str = PLAIN, neutral: bool = False,
+    ) -> tuple[list[list[Caption]], list[Explanation]]:
+        """Upright RGB photos -> their n-best captions, as `generate` gives them (in `style`,
+        gender-neutral if `neutral`), and the explanation of each photo's best caption, from one search."""
         check_explainable(self.decoder)
         if not 1 <= num_captions <= beam_size <= 20:
             raise CaptionerError(f"explain needs 1 <= number of captions <= beam size <= 20, got {num_captions} and {beam_size}")
@@ -269,4 +332,27 @@ class Captioner:
                 on_grid, share = attention_over_grid(self.decoder, one_row(given.features, row), tokens)
                 words = token_words(self.vocabulary, tokens, subject.writing.renames if subject else None)
                 explanations.append(explanation(captions[row][0].text, words, on_grid, share, self.decoder.config.grid_size, image))
-        return captions, explanations
+        return written_captions(captions, style, neutral), explanations
+
+
+def decoding_beam(beam_size: int, num_captions: int, sampling: bool = False) -> int:
+    """The beam that gives `num_captions` captions: `beam_size`, widened to `num_captions` (beam
+    search returns one caption per beam); CaptionerError for numbers out of range."""
+    if not 1 <= beam_size <= MAX_BEAM:
+        raise CaptionerError(f"beam size must be between 1 and {MAX_BEAM}, got {beam_size}")
+    most = MAX_SAMPLES if sampling else MAX_BEAM
+    if not 1 <= num_captions <= most:
+        raise CaptionerError(f"number of captions must be between 1 and {most}{'' if sampling else ' (the widest beam)'}, got {num_captions}")
+    return beam_size if sampling else max(beam_size, num_captions)
+
+
+def replace_text(caption: Caption, text: str) -> Caption:
+    """`caption` with other words, everything else (score, tags, confidence) kept."""
+    return replace(caption, text=text)
+
+
+def written_captions(results: list[list[Caption]], style: str, neutral: bool) -> list[list[Caption]]:
+    """n-best lists of plain captions written in `style`, gender-neutral if `neutral`."""
+    if style == PLAIN and not neutral:
+        return results
+    return [[replace_text(caption, written(caption.text, style, neutral)) for caption in captions] for captions in results]

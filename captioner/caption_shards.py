@@ -156,6 +156,6 @@ def record_schema():
     """The Parquet schema of a record: the fields of a `caption --output` line."""
     import pyarrow as pa
 
-    captions = pa.list_(pa.struct([("text", pa.string()), ("score", pa.float64()), ("confidence", pa.float64())]))  # confidence null without a calibration
+    captions = pa.list_(pa.struct([("rank", pa.int64()), ("text", pa.string()), ("score", pa.float64()), ("confidence", pa.float64())]))  # confidence null without a calibration
     tags = pa.list_(pa.struct([("word", pa.string()), ("score", pa.float64())]))
     return pa.schema([("path", pa.string()), ("captions", captions), ("tags", tags)])

@@ -6,6 +6,7 @@ line (`captioner: error: ...`) with a non-zero exit status, never as a traceback
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -46,7 +47,8 @@ ZERO_OR_MORE = _number(int, NOT_NEGATIVE, "a whole number >= 0")
 POSITIVE_NUMBER = _number(float, POSITIVE, "a number > 0")
 FINITE_NUMBER = _number(float, Limit(), "a finite number")
 TOP_P = _number(float, Limit(0, 1, low_open=True), "a number > 0 and <= 1")
-BEAM = _number(int, Limit(1, 20), "a whole number from 1 to 20")
+MAX_BEAM = 20  # as captioner.api.MAX_BEAM, without importing torch to parse arguments
+BEAM = _number(int, Limit(1, MAX_BEAM), f"a whole number from 1 to {MAX_BEAM}")
 PORT = _number(int, Limit(1, 65535), "a port number from 1 to 65535")
 DEVICE_HELP = "auto (a CUDA GPU when present; the default), cpu, cuda or cuda:N; also set by CAPTIONER_DEVICE"
 BACKENDS = ("pytorch", "onnxruntime")  # as captioner.onnx_backend.BACKENDS, without importing torch to parse arguments
@@ -87,14 +89,14 @@ def _parse_value(text: str):
         return text
 
 
-def _decoded_batches(paths: list[Path], batch_size: int, pool: ThreadPoolExecutor):
-    """(photos read, error messages) per batch; the next batch decodes in `pool` while the caller
-    captions this one, so the cores never wait on Pillow."""
-    from .images import load_image
+def _decoded_batches(paths: list[Path | str], batch_size: int, pool: ThreadPoolExecutor):
+    """(photos read, error messages) per batch; the next batch decodes (or downloads) in `pool`
+    while the caller captions this one, so the cores never wait on Pillow."""
+    from .image_sources import read_image
     from .read_ahead import one_ahead
 
-    def start(batch: list[Path]) -> list:
-        return [(path, pool.submit(load_image, path)) for path in batch]
+    def start(batch: list[Path | str]) -> list:
+        return [(path, pool.submit(read_image, path)) for path in batch]
 
     def finish(pending: list) -> tuple[list, list[str]]:
         loaded, errors = [], []
@@ -113,14 +115,14 @@ def _photo_tags(captions) -> list:
     return captions[0].tags if captions else []  # every caption of a photo carries the photo's tags
 
 
-def _record(path: Path, captions) -> dict:
+def _record(path: Path | str, captions) -> dict:
     tags = _photo_tags(captions)
-    return {"path": str(path), "captions": [{"text": c.text, "score": c.score, "confidence": c.confidence} for c in captions], "tags": [{"word": t.word, "score": t.score} for t in tags]}
+    return {"path": str(path), "captions": [{"rank": rank, "text": c.text, "score": c.score, "confidence": c.confidence} for rank, c in enumerate(captions, 1)], "tags": [{"word": t.word, "score": t.score} for t in tags]}
 
 
 def command_caption(args: argparse.Namespace) -> int:
-    if args.num_captions > args.beam_size and not args.sample:
-        raise CaptionerError(f"--num-captions ({args.num_captions}) cannot exceed --beam-size ({args.beam_size})")
+    if args.num_captions > MAX_BEAM and not args.sample:  # more than --beam-size widens the beam, up to its widest
+        raise CaptionerError(f"--num-captions is at most {MAX_BEAM} with beam search (one caption per beam); pass --sample for more")
     if args.output is not None and not args.output.strip():
         raise CaptionerError("--output is empty; pass a file name (or leave --output out to print the captions)")
     if args.explain is not None:
@@ -153,11 +155,23 @@ def _check_explain(args: argparse.Namespace) -> None:
     check_explain_folder(Path(args.explain))
 
 
-def _photos(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """The photos to caption, each once; problems are printed as they are found, no photo at all is refused."""
+def _photos(inputs: list[str]) -> tuple[list[Path | str], list[str]]:
+    """The photos to caption, in input order, each once: files found in the paths given, and
+    http(s) URLs as they are (downloaded as they are captioned). Problems are printed as they are
+    found; no photo at all is refused."""
+    from .image_sources import is_url
     from .images import find_images
 
-    paths, problems = find_images(inputs)
+    paths: list[Path | str] = []
+    problems: list[str] = []
+    for is_address, group in itertools.groupby(inputs, key=is_url):
+        if is_address:
+            paths.extend(group)
+            continue
+        found, trouble = find_images(list(group))
+        paths.extend(found)
+        problems.extend(trouble)
+    paths = list(dict(zip(_photo_keys(paths), paths)).values()) if len(paths) > 1 else paths  # each photo once, across groups too
     for problem in problems:
         print(f"captioner: {problem}", file=sys.stderr)
     if not paths:
@@ -165,16 +179,23 @@ def _photos(inputs: list[str]) -> tuple[list[Path], list[str]]:
     return paths, problems
 
 
+def _photo_keys(photos: list[Path | str]) -> list[str]:
+    """What tells two inputs are one photo: a URL itself, a file's resolved path (`resolved_paths`)."""
+    from .image_sources import is_url
+    from .images import resolved_paths
+
+    return [photo if is_url(photo) else key for photo, key in zip(photos, resolved_paths(photos))]
+
+
 def _caption_into(output: Path, args: argparse.Namespace) -> int:
     """`caption --output FILE`: the photos not in FILE yet, appended to it, with this run holding FILE's lock."""
     from .caption_log import CaptionLog, read_done
-    from .images import resolved_paths
     from .output_lock import OutputLock
 
     with OutputLock(output):  # checks where the output goes, before any work
-        done = set(resolved_paths(read_done(output)))  # matched by resolved path: `p/x.jpg` and `/abs/p/x.jpg` are one photo
+        done = set(_photo_keys(read_done(output)))  # matched by resolved path: `p/x.jpg` and `/abs/p/x.jpg` are one photo
         paths, problems = _photos(args.paths)
-        todo = [path for path, key in zip(paths, resolved_paths(paths)) if key not in done]
+        todo = [path for path, key in zip(paths, _photo_keys(paths)) if key not in done]
         log = CaptionLog(output)  # opened before the model loads: an output that cannot be written is refused first
         try:
             failed = _caption_photos(todo, args, log)
@@ -185,19 +206,28 @@ def _caption_into(output: Path, args: argparse.Namespace) -> int:
     return 1 if failed or problems else 0
 
 
-def _caption_photos(todo: list[Path], args: argparse.Namespace, log) -> int:
+FEW_PHOTOS = 5  # more than this, and a terminal gets a progress bar
+
+
+def _shows_progress(count: int, args: argparse.Namespace, log) -> bool:
+    """A progress bar on stderr: always with --output, else where stderr is a terminal and there are more than a few photos."""
+    return not args.quiet and (log is not None or (count > FEW_PHOTOS and sys.stderr.isatty()))
+
+
+def _caption_photos(todo: list[Path | str], args: argparse.Namespace, log) -> int:
     """Caption `todo` in batches, printed or appended to `log`; 1 when some photo could not be read."""
     from tqdm import tqdm
 
     from .api import Captioner
     from .attention_figure import draw_explanation, save_new_png
+    from .caption_style import PLAIN, SENTENCE
     from .explain import check_explainable
 
     captioner = Captioner.load(args.model, args.device, args.backend) if args.model else Captioner.from_pretrained(device=args.device, backend=args.backend)
     if args.explain is not None:
         check_explainable(captioner.decoder)  # a model without attention maps is refused before any photo is captioned
     failed = False
-    bar = tqdm(total=len(todo), unit="photo", file=sys.stderr, disable=log is None or args.quiet, dynamic_ncols=True)
+    bar = tqdm(total=len(todo), unit="photo", file=sys.stderr, disable=not _shows_progress(len(todo), args, log), dynamic_ncols=True)
     try:
         with ThreadPoolExecutor(args.workers) as pool:
             for loaded, errors in _decoded_batches(todo, args.batch_size, pool):
@@ -205,18 +235,20 @@ def _caption_photos(todo: list[Path], args: argparse.Namespace, log) -> int:
                     bar.write(f"captioner: {error}", file=sys.stderr)
                 failed |= bool(errors)
                 if loaded and args.explain is not None:
-                    results, explanations = captioner.explain_batch([image for _, image in loaded], args.beam_size, args.num_captions)
+                    results, explanations = captioner.explain_batch(
+                        [image for _, image in loaded], args.beam_size, args.num_captions, style=PLAIN if args.plain else SENTENCE, neutral=args.neutral,
+                    )
                     for (path, _), captions, explanation in zip(loaded, results, explanations):
-                        save_new_png(draw_explanation(explanation), Path(args.explain), path.stem)
-                        _print_or_log(path, captions, args, log)
+                        save_new_png(draw_explanation(explanation), Path(args.explain), Path(str(path)).stem)
+                        _print_or_log(path, captions, args, log, bar)
                 elif loaded:
                     features = captioner.encode([image for _, image in loaded])
                     results = captioner.generate(
                         features, args.beam_size, args.num_captions, sampling=args.sample,
-                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                        temperature=args.temperature, top_p=args.top_p, seed=args.seed, style=PLAIN if args.plain else SENTENCE, neutral=args.neutral,
                     )
                     for (path, _), captions in zip(loaded, results):
-                        _print_or_log(path, captions, args, log)
+                        _print_or_log(path, captions, args, log, bar)
                 if log is not None:
                     log.flush()
                 sys.stdout.flush()
@@ -226,16 +258,23 @@ def _caption_photos(todo: list[Path], args: argparse.Namespace, log) -> int:
     return 1 if failed else 0
 
 
-def _print_or_log(path: Path, captions, args: argparse.Namespace, log) -> None:
-    """One photo's captions: a line of the --output file, a JSON line or TSV lines on stdout."""
+def _print_or_log(path: Path | str, captions, args: argparse.Namespace, log, bar) -> None:
+    """One photo's captions: a line of the --output file, a JSON line or TSV lines on stdout
+    (with --num-captions N > 1, each caption's rank and score: `PATH<TAB>1. TEXT<TAB>SCORE`)."""
     if log is not None:
         log.write(_record(path, captions))
-    elif args.json:
-        print(json.dumps(_record(path, captions)))  # ASCII, a name's non-UTF-8 bytes as \udcXX escapes
+        return
+    if args.json:
+        lines = [json.dumps(_record(path, captions))]  # ASCII, a name's non-UTF-8 bytes as \udcXX escapes
     else:
         tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in _photo_tags(captions)) if args.tags else ""
-        for caption in captions:
-            print(f"{_tsv_field(str(path))}\t{caption.text}{tag_column}")
+        ranked = args.num_captions > 1
+        lines = [f"{_tsv_field(str(path))}\t" + (f"{rank}. {caption.text}\t{caption.score:.4f}" if ranked else caption.text) + tag_column for rank, caption in enumerate(captions, 1)]
+    for line in lines:
+        if bar.disable:
+            print(line)
+        else:
+            bar.write(line, file=sys.stdout)  # the bar is cleared and drawn again below the line
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -450,10 +489,14 @@ def export_onnx(args: argparse.Namespace) -> int:
 
 
 def command_serve(args: argparse.Namespace) -> int:
+    from .extras import install_hint, require
+
+    for module in ("fastapi", "uvicorn", "python_multipart", "swagger_ui_bundle"):
+        require(module, "serve", "captioner serve")
     try:
         from .server import serve
     except ImportError as error:
-        raise CaptionerError(f"the web app needs its extra dependencies: pip install 'captioner[serve]' ({error})") from None
+        raise CaptionerError(f"the web app cannot start ({error}); reinstall its packages with: {install_hint('serve')}") from None
     serve(host=args.host, port=args.port, model=args.model, max_upload_mb=args.max_upload_mb, device=args.device, backend=args.backend)
     return 0
 
@@ -464,11 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     caption = commands.add_parser("caption", help="caption image files and folders")
-    caption.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    caption.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or http(s) URLs")
     caption.add_argument("--model", help="model folder (default: the shipped model)")
     caption.add_argument("--beam-size", type=BEAM, default=3)
-    caption.add_argument("--num-captions", type=COUNT, default=1, help="captions per image (n-best list)")
+    caption.add_argument("--num-captions", type=COUNT, default=1, help="captions per image (n-best list, each with its rank and score); more than --beam-size widens the beam")
     caption.add_argument("--json", action="store_true", help="one JSON object per line with scores and tags")
+    caption.add_argument("--plain", action="store_true", help="captions as the model writes them ('a cat on a bed'), not as sentences ('A cat on a bed.')")
+    caption.add_argument("--neutral", action="store_true", help="person words without gender ('a person', 'a child', 'people')")
     caption.add_argument("--tags", action="store_true", help="add a third column of visual concepts, word:score pairs joined by commas")
     caption.add_argument("--batch-size", type=COUNT, default=8)
     caption.add_argument("--sample", action="store_true", help="sample captions instead of beam search")
@@ -477,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--seed", type=ZERO_OR_MORE, default=None)
     caption.add_argument("--output", help="append one JSON line per photo to this file as it goes; a rerun skips photos already in it")
     caption.add_argument("--workers", type=_number(int, Limit(1, 64), "a whole number from 1 to 64"), default=1, help="threads decoding photos ahead of the model (default 1)")
-    caption.add_argument("--quiet", action="store_true", help="no progress bar or summary with --output")
+    caption.add_argument("--quiet", action="store_true", help="no progress bar, nor the summary of --output")
     caption.add_argument("--explain", metavar="DIR", help="also write DIR/PHOTO.png per photo: the photo and, per word of its best caption, where the model looked (attention and transformer decoders; never replaces a file: a taken name gets -2, -3, ...)")
     caption.add_argument("--device", type=DEVICE, default=None, help=DEVICE_HELP)
     caption.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)

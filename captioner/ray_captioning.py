@@ -311,7 +311,8 @@ def _caption(ray, todo: list[str], shards: ShardFolder, preprocess_config: Prepr
     settings = PipelineSettings(
         preprocess=preprocess_config.to_dict(), batch_size=args.batch_size, folder=os.getcwd(),
         model=args.model and str(Path(args.model).resolve()), actors=actors, actor_cpus=actor_cpus, gpus=gpus,
-        options=dict(beam_size=args.beam_size, num_captions=args.num_captions, sampling=args.sample, temperature=args.temperature, top_p=args.top_p, seed=args.seed),
+        options=dict(beam_size=args.beam_size, num_captions=args.num_captions, sampling=args.sample, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                     style="plain" if args.plain else "sentence", neutral=args.neutral),
     )
     writer = shards.writer(args.shard_size or DEFAULT_SHARD_SIZE)
     bar = tqdm(total=len(todo), unit="photo", file=sys.stderr, disable=args.quiet, dynamic_ncols=True)

@@ -34,7 +34,8 @@ from .devices import mixed_precision_dtype, resolve_device
 from .distributed import ProcessGroup, join, share_weight
 from .encoders import ENCODERS, create_encoder
 from .errors import CaptionerError
-from .evaluation import require_java, score_captions
+from .extras import require
+from .evaluation import require_scorer, score_captions
 from .features import FeatureCache, feature_cache, records_with_features
 from .json_files import read_json
 from .run_folder import PendingRun, check_output_folder
@@ -324,7 +325,8 @@ def _check_and_train(config: TrainingConfig, resume: bool, force: bool, progress
     output = Path(config.output)
     check_output_folder(output, resume, force)
     saved_state = read_training_state(output / "last") if resume else None
-    require_java()  # the dev score of every epoch needs it: refuse now, not after the first epoch
+    require_scorer()  # the dev score of every epoch needs it: refuse now, not after the first epoch
+    require("matplotlib", "train", "the training curves (history.png)")
     dataset = load_dataset(config.dataset, config.images).limit(config.limit)  # validate before writing anything
     train_records, dev_records = dataset.split("train"), dataset.split("dev")
     if not train_records or not dev_records:

@@ -36,6 +36,77 @@ def test_caption_json_nbest(tmp_path):
         scores = [c["score"] for c in row["captions"]]
         assert len(scores) == 3 and scores == sorted(scores, reverse=True)
         assert all(c["text"] for c in row["captions"])
+        assert [c["rank"] for c in row["captions"]] == [1, 2, 3]
+
+
+def test_caption_nbest_text_has_rank_and_score_and_widens_the_beam():
+    chelsea = str(EXAMPLES / "chelsea.jpg")
+    result = run("caption", chelsea, "--num-captions", "4", "--beam-size", "2")  # more captions than beams: a wider beam
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    assert len(rows) == 4 and all(len(row) == 3 and row[0] == chelsea for row in rows)
+    assert [row[1].split(" ", 1)[0] for row in rows] == ["1.", "2.", "3.", "4."]
+    scores = [float(row[2]) for row in rows]
+    assert scores == sorted(scores, reverse=True) and all(score < 0 for score in scores)
+    texts = [row[1].split(" ", 1)[1] for row in rows]
+    assert len(set(texts)) == 4 and all(text[0].isupper() and text.endswith(".") for text in texts)
+
+
+def test_caption_plain_and_neutral():
+    astronaut = str(EXAMPLES / "astronaut.jpg")
+    styled, plain, neutral = (run("caption", astronaut, *flags) for flags in ([], ["--plain"], ["--neutral", "--plain"]))
+    sentence, words, neutral_words = (result.stdout.strip().split("\t")[1] for result in (styled, plain, neutral))
+    assert sentence[0].isupper() and sentence.endswith(".") and words == words.lower() and not words.endswith(".")
+    assert sentence.lower().rstrip(".") == words
+    assert " man " in f" {words} " and neutral_words == words.replace("a man ", "a person ")  # the model's "a man" for the astronaut
+
+
+def test_caption_urls_beside_files_one_line_per_bad_url():
+    from url_server import PhotoServer
+
+    chelsea = str(EXAMPLES / "chelsea.jpg")
+    with PhotoServer() as server:
+        good, missing, page = server.url("/photo.jpg"), server.url("/missing.jpg"), server.url("/page.html")
+        result = run("caption", good, chelsea, missing, page)
+    assert result.returncode == 1
+    rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    assert [row[0] for row in rows] == [good, chelsea] and rows[0][1] == rows[1][1]  # the URL as given, not a mangled path
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 2 and "Traceback" not in result.stderr
+    assert errors[0].startswith(f"captioner: {missing}: ") and "404" in errors[0]
+    assert errors[1].startswith(f"captioner: {page}: not an image")
+
+
+class Terminal:
+    """A stderr that says it is a terminal, keeping what is written."""
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, text):
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal_for_more_than_a_few_photos(tmp_path, monkeypatch, capsys):
+    for index in range(6):
+        shutil.copy(EXAMPLES / "chelsea.jpg", tmp_path / f"photo{index}.jpg")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["--threads", "1", "caption", str(tmp_path)]) == 0
+    assert "6/6" in "".join(terminal.parts)
+    assert len(capsys.readouterr().out.strip().splitlines()) == 6  # every caption whole, on its own line
+    terminal.parts.clear()
+    assert main(["--threads", "1", "caption", str(tmp_path / "photo0.jpg"), str(tmp_path / "photo1.jpg")]) == 0
+    assert "".join(terminal.parts) == ""  # two photos: no bar
+    assert main(["--threads", "1", "caption", str(tmp_path), "--quiet"]) == 0
+    assert "".join(terminal.parts) == ""
 
 
 def assert_tags(tags):
@@ -54,10 +125,10 @@ def test_caption_tags_column():
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
     rows = [line.split("\t") for line in lines]
-    assert all(len(row) == 3 and row[0] == chelsea for row in rows)
-    assert rows[0][1] == plain.stdout.strip().split("\t")[1]  # the caption column is unchanged
-    assert rows[0][2] == rows[1][2]  # the photo's tags, on each of its captions
-    pairs = [pair.rsplit(":", 1) for pair in rows[0][2].split(",")]
+    assert all(len(row) == 4 and row[0] == chelsea for row in rows)  # path, rank and caption, score, tags
+    assert rows[0][1] == "1. " + plain.stdout.strip().split("\t")[1]  # the caption column, ranked
+    assert rows[0][3] == rows[1][3]  # the photo's tags, on each of its captions
+    pairs = [pair.rsplit(":", 1) for pair in rows[0][3].split(",")]
     assert all(len(pair) == 2 and pair[0].strip() and len(pair[1].split(".")[1]) == 2 for pair in pairs)  # word:0.98
     assert_tags([{"word": word, "score": float(score)} for word, score in pairs])
     assert len(plain.stdout.strip().split("\t")) == 2  # without --tags: two columns, as before
@@ -90,7 +161,7 @@ def test_bad_files_are_reported_and_the_rest_captioned(tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     (["caption", "nowhere/"], "no images to caption"),
     (["caption", str(EXAMPLES), "--model", "no-such-model"], "no such model folder"),
-    (["caption", str(EXAMPLES), "--num-captions", "5", "--beam-size", "2"], "cannot exceed"),
+    (["caption", str(EXAMPLES), "--num-captions", "21"], "at most 20 with beam search"),
     (["train", "--dataset", str(EXAMPLES), "--output", "{tmp}/run"], "not a dataset folder"),
     (["evaluate", "--dataset", "nowhere"], "no such dataset"),
 ])
@@ -119,10 +190,10 @@ def test_python_api_accepts_paths_bytes_pil_and_arrays(shipped_captioner):
     path = EXAMPLES / "coffee.jpg"
     image = Image.open(path)
     results = shipped_captioner.caption([path, path.read_bytes(), image, np.asarray(image)], beam_size=3)
-    texts = [captions[0].text for captions in results]
+    texts = [caption.text for caption in results]
     assert len(set(texts)) == 1 and texts[0]
     single = shipped_captioner.caption(str(path), beam_size=1)
-    assert isinstance(single, list) and single[0].text
+    assert not isinstance(single, list) and single.text
 
 
 def test_export_gives_a_model_the_concepts_of_another(tmp_path, encoder):

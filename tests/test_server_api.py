@@ -460,6 +460,26 @@ def test_bad_options_are_422(client, astronaut, options):
     assert_error(post_image(client, astronaut, **options), 422, "invalid_options")
 
 
+def test_captions_are_sentences_unless_plain_is_asked_and_neutral_on_request(client, astronaut):
+    from captioner.caption_style import sentence
+
+    styled, plain, neutral = (post_image(client, astronaut, **options).json()["captions"][0]["text"] for options in ({}, {"style": "plain"}, {"style": "plain", "neutral": "true"}))
+    assert styled == sentence(plain) and styled[0].isupper() and styled.endswith(".")  # the page shows it as sent
+    assert plain == client.app.state.captioner.caption(astronaut, style="plain").text
+    assert " man " in f" {plain} " and neutral == plain.replace("a man ", "a person ")
+    assert_error(post_image(client, astronaut, style="fancy"), 422, "invalid_options")
+
+
+def test_the_server_never_fetches_a_url_a_client_sends(client):
+    from url_server import PhotoServer
+
+    with PhotoServer() as photos:
+        url = photos.url("/photo.jpg")
+        assert_error(post_image(client, url.encode()), 415, "unsupported_image")  # the address as the photo's bytes
+        assert_error(post_image(client, b"", url=url), 422, "invalid_options")  # or as a field of its own
+        assert photos.requests == []
+
+
 def test_missing_image_is_422(client):
     response = client.post("/api/captions", files={"beam_size": (None, "3")})
     assert_error(response, 422, "missing_image")
@@ -896,7 +916,7 @@ def encode_fails_for_one_photo(client, monkeypatch) -> list[int]:
 def test_a_fault_in_one_photo_fails_only_that_photo_not_its_batch(client, encode_fails_for_one_photo):
     names = ("rocket.jpg", "coffee.jpg", "astronaut.jpg")
     photos = {name: (EXAMPLES / name).read_bytes() for name in names} | {"faulty.png": encoded(Image.new("RGB", FAULTY_SIZE, (200, 30, 30)), "PNG")}
-    expected = {name: client.app.state.captioner.caption(photos[name], beam_size=2)[0].text for name in names}
+    expected = {name: client.app.state.captioner.caption(photos[name], beam_size=2).text for name in names}
     encode_fails_for_one_photo.clear()
     app = app_sharing_model(client, batch_wait_ms=1000, max_batch=len(photos))  # all four go as one batch once they are in
     with uvicorn_serving(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http, ThreadPoolExecutor(len(photos)) as pool:

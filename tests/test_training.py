@@ -102,7 +102,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, capsys, monkeypatch, 
     assert [entry["learning_rate"] for entry in state["history"]] == pytest.approx(schedule)
 
     captioner = Captioner.load(resumed / "best")
-    captions = captioner.caption(example_photos[:1], beam_size=2, num_captions=2)[0]
+    captions = captioner.caption(example_photos[0], beam_size=2, num_captions=2)
     assert len(captions) == 2 and captions[0].score >= captions[1].score
 
 

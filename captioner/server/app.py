@@ -35,6 +35,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..alt_text import tags_alt_text
 from ..api import Captioner
+from ..caption_style import written
 from ..encoders import PreprocessConfig, shrink_large
 from ..errors import CaptionerError, ImageError
 from ..explain import check_explainable
@@ -55,6 +56,7 @@ TITLE = "Captioner"
 SUPPORTED_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 MULTIPART_OVERHEAD = 64 * 1024  # part headers, boundaries and the option fields around the image
 OPTION_FIELD_BYTES = 32
+OPTION_FIELDS = tuple(schemas.CaptionOptions.model_fields)  # beam_size, num_captions, style, neutral
 
 T = TypeVar("T")
 
@@ -382,7 +384,7 @@ async def read_caption_form(request: Request, settings: Settings, hold: Callable
     boundary = multipart_boundary(request.headers.get("content-type"))
     received = 0
     try:
-        reader = FormReader(boundary, {"image": max_upload_bytes, "beam_size": OPTION_FIELD_BYTES, "num_captions": OPTION_FIELD_BYTES})
+        reader = FormReader(boundary, {"image": max_upload_bytes, **{name: OPTION_FIELD_BYTES for name in OPTION_FIELDS}})
         async for chunk in body_chunks(request, settings):
             received += len(chunk)
             if received > body_limit:
@@ -401,7 +403,7 @@ async def read_caption_form(request: Request, settings: Settings, hold: Callable
     if not reader.complete:
         raise ApiError(400, "malformed_request", "The multipart/form-data body ended early; send the whole form.")
     if reader.unknown:
-        raise ApiError(422, "invalid_options", f"Unknown form field(s): {', '.join(map(repr, reader.unknown))}; send image, beam_size and num_captions.")
+        raise ApiError(422, "invalid_options", f"Unknown form field(s): {', '.join(map(repr, reader.unknown))}; send image and any of {', '.join(OPTION_FIELDS)}.")
     image = reader.fields.pop("image", None)
     if image is None:
         raise ApiError(422, "missing_image", "Send the photo in a file field named 'image'.")
@@ -546,21 +548,22 @@ async def create_caption(
     request: Request, captioner: CaptionerDependency, queue: QueueDependency, memory: UploadMemoryDependency, decoder: DecoderDependency,
     settings: SettingsDependency,
 ) -> schemas.CaptionResponse:
-    """Upload a photo as the multipart field `image`, with optional fields `beam_size` and `num_captions`.
+    """Upload a photo as the multipart field `image`, with optional fields `beam_size`, `num_captions`,
+    `style` (`sentence` or `plain`) and `neutral` (`true` for person words without gender).
 
     The answer holds the captions, best first, and the photo's visual concepts (`tags`), most probable first.
     The upload is held in memory only, never written to disk or logged.
     """
     started = time.perf_counter()
-    (captions, timings), size, decode_ms = await with_uploaded_photo(
-        request, captioner, queue, memory, decoder, settings,
-        lambda image, options: request.app.state.batcher.caption(image, options.beam_size, options.num_captions),
-    )
+    async def caption(image: Image.Image, options: schemas.CaptionOptions):
+        return await request.app.state.batcher.caption(image, options.beam_size, options.num_captions), options
+
+    ((captions, timings), options), size, decode_ms = await with_uploaded_photo(request, captioner, queue, memory, decoder, settings, caption)
     timings = {"decode": decode_ms, **timings, "total": round((time.perf_counter() - started) * 1000, 1)}
     photo_tags = captions[0].tags if captions else []  # the photo's, on every caption
     tags = [schemas.Tag(word=t.word, score=t.score) for t in photo_tags]
     return schemas.CaptionResponse(
-        captions=[schemas.Caption(text=c.text, score=c.score, confidence=c.confidence) for c in captions], tags=tags,
+        captions=[schemas.Caption(text=written(c.text, options.style, options.neutral), score=c.score, confidence=c.confidence) for c in captions], tags=tags,
         tags_alt_text=tags_alt_text(photo_tags, captioner.concept_detector.table.words), model=captioner.name, image=size,
         timing_ms=schemas.Timings(**timings),
     )

@@ -1,6 +1,8 @@
 """The JSON API's request and response models; FastAPI turns them into the OpenAPI docs at /docs."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_BEAM_SIZE = 10
@@ -14,6 +16,8 @@ class CaptionOptions(BaseModel):
 
     beam_size: int = Field(3, ge=1, le=MAX_BEAM_SIZE, description="Beams searched; 1 is greedy decoding.")
     num_captions: int = Field(1, ge=1, le=MAX_NUM_CAPTIONS, description="Captions returned, best first; at most `beam_size`.")
+    style: Literal["sentence", "plain"] = Field("sentence", description="`sentence`: \"A cat sitting on a bed.\" (ready for alt text); `plain`: the model's words, \"a cat sitting on a bed\".")
+    neutral: bool = Field(False, description="Person words without gender: \"a person\", \"a child\", \"people\".")
 
     @model_validator(mode="after")
     def _captions_fit_in_beam(self) -> "CaptionOptions":
@@ -29,7 +33,7 @@ class CaptionForm(CaptionOptions):
 
 
 class Caption(BaseModel):
-    text: str
+    text: str = Field(description="In the requested `style`: a sentence (\"A cat sitting on a bed.\") unless `plain` was asked for.")
     score: float = Field(description="Length-normalised log-probability; higher is better.")
     confidence: float | None = Field(
         None, ge=0, le=1,

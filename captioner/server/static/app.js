@@ -123,11 +123,10 @@
     return file.name ? `\u201c${file.name}\u201d` : "the pasted image";
   }
 
+  // The server writes captions as sentences ("A cat on a bed.", captioner.caption_style), as the CLI
+  // and the Python API do; only an empty caption needs words here.
   function sentence(text) {
-    const trimmed = text.trim();
-    if (!trimmed) return "(no caption)";
-    const capitalised = trimmed[0].toUpperCase() + trimmed.slice(1);
-    return /[.!?]$/.test(capitalised) ? capitalised : `${capitalised}.`;
+    return text.trim() || "(no caption)";
   }
 
   function formatScore(score) {
