@@ -258,9 +258,15 @@ def _caption_photos(todo: list[Path | str], args: argparse.Namespace, log) -> in
     return 1 if failed else 0
 
 
+def _ranked(rank: int, caption) -> str:
+    """`RANK. TEXT<TAB>SCORE<TAB>CONFIDENCE` (no confidence column for a model without a calibration)."""
+    confidence = f"\t{caption.confidence:.2f}" if caption.confidence is not None else ""
+    return f"{rank}. {caption.text}\t{caption.score:.4f}{confidence}"
+
+
 def _print_or_log(path: Path | str, captions, args: argparse.Namespace, log, bar) -> None:
     """One photo's captions: a line of the --output file, a JSON line or TSV lines on stdout
-    (with --num-captions N > 1, each caption's rank and score: `PATH<TAB>1. TEXT<TAB>SCORE`)."""
+    (with --num-captions N > 1, each caption's rank, score and confidence: `PATH<TAB>1. TEXT<TAB>SCORE<TAB>CONFIDENCE`)."""
     if log is not None:
         log.write(_record(path, captions))
         return
@@ -269,7 +275,7 @@ def _print_or_log(path: Path | str, captions, args: argparse.Namespace, log, bar
     else:
         tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in _photo_tags(captions)) if args.tags else ""
         ranked = args.num_captions > 1
-        lines = [f"{_tsv_field(str(path))}\t" + (f"{rank}. {caption.text}\t{caption.score:.4f}" if ranked else caption.text) + tag_column for rank, caption in enumerate(captions, 1)]
+        lines = [f"{_tsv_field(str(path))}\t" + (_ranked(rank, caption) if ranked else caption.text) + tag_column for rank, caption in enumerate(captions, 1)]
     for line in lines:
         if bar.disable:
             print(line)

@@ -44,8 +44,9 @@ def test_caption_nbest_text_has_rank_and_score_and_widens_the_beam():
     result = run("caption", chelsea, "--num-captions", "4", "--beam-size", "2")  # more captions than beams: a wider beam
     assert result.returncode == 0, result.stderr
     rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
-    assert len(rows) == 4 and all(len(row) == 3 and row[0] == chelsea for row in rows)
+    assert len(rows) == 4 and all(len(row) == 4 and row[0] == chelsea for row in rows)  # path, rank and text, score, confidence
     assert [row[1].split(" ", 1)[0] for row in rows] == ["1.", "2.", "3.", "4."]
+    assert all(0 <= float(row[3]) <= 1 for row in rows)
     scores = [float(row[2]) for row in rows]
     assert scores == sorted(scores, reverse=True) and all(score < 0 for score in scores)
     texts = [row[1].split(" ", 1)[1] for row in rows]
