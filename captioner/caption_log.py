@@ -56,6 +56,20 @@ def read_done(path: Path, other: str = "--output file") -> set[str]:
     return done
 
 
+def photo_tags(captions) -> list:
+    """A photo's tags: every caption of a photo carries them."""
+    return captions[0].tags if captions else []
+
+
+def caption_record(path: Path | str, captions) -> dict:
+    """One photo's record, as `--json`, `--output` and `--ray` write it: its path, its ranked captions and its tags."""
+    return {
+        "path": str(path),
+        "captions": [{"rank": rank, "text": c.text, "score": c.score, "confidence": c.confidence} for rank, c in enumerate(captions, 1)],
+        "tags": [{"word": t.word, "score": t.score} for t in photo_tags(captions)],
+    }
+
+
 RECORD_START = b'{"path": '  # how every line `CaptionLog` writes begins
 
 

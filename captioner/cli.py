@@ -111,15 +111,6 @@ def _decoded_batches(paths: list[Path | str], batch_size: int, pool: ThreadPoolE
     return one_ahead(batches, start, finish)
 
 
-def _photo_tags(captions) -> list:
-    return captions[0].tags if captions else []  # every caption of a photo carries the photo's tags
-
-
-def _record(path: Path | str, captions) -> dict:
-    tags = _photo_tags(captions)
-    return {"path": str(path), "captions": [{"rank": rank, "text": c.text, "score": c.score, "confidence": c.confidence} for rank, c in enumerate(captions, 1)], "tags": [{"word": t.word, "score": t.score} for t in tags]}
-
-
 def command_caption(args: argparse.Namespace) -> int:
     if args.num_captions > MAX_BEAM and not args.sample:  # more than --beam-size widens the beam, up to its widest
         raise CaptionerError(f"--num-captions is at most {MAX_BEAM} with beam search (one caption per beam); pass --sample for more")
@@ -267,13 +258,15 @@ def _ranked(rank: int, caption) -> str:
 def _print_or_log(path: Path | str, captions, args: argparse.Namespace, log, bar) -> None:
     """One photo's captions: a line of the --output file, a JSON line or TSV lines on stdout
     (with --num-captions N > 1, each caption's rank, score and confidence: `PATH<TAB>1. TEXT<TAB>SCORE<TAB>CONFIDENCE`)."""
+    from .caption_log import caption_record, photo_tags
+
     if log is not None:
-        log.write(_record(path, captions))
+        log.write(caption_record(path, captions))
         return
     if args.json:
-        lines = [json.dumps(_record(path, captions))]  # ASCII, a name's non-UTF-8 bytes as \udcXX escapes
+        lines = [json.dumps(caption_record(path, captions))]  # ASCII, a name's non-UTF-8 bytes as \udcXX escapes
     else:
-        tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in _photo_tags(captions)) if args.tags else ""
+        tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in photo_tags(captions)) if args.tags else ""
         ranked = args.num_captions > 1
         lines = [f"{_tsv_field(str(path))}\t" + (_ranked(rank, caption) if ranked else caption.text) + tag_column for rank, caption in enumerate(captions, 1)]
     for line in lines:

@@ -462,8 +462,7 @@ class CaptioningActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from .caption_log import record_line
-        from .cli import _record
+        from .caption_log import caption_record, record_line
 
         records = np.full(len(batch["path"]), "", dtype=object)
         readable = [row for row, error in enumerate(batch["error"]) if not error]
@@ -471,5 +470,5 @@ class CaptioningActor:
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][readable])).to(self.captioner.device)  # (R, 3, S, S)
             features = self.captioner.encode_pixels(pixels)  # grid (R, G, C), pooled (R, C), saturation (R,)
             for row, captions in zip(readable, self.captioner.generate(features, **self.options)):
-                records[row] = record_line(_record(from_arrow(batch["path"][row]), captions))
+                records[row] = record_line(caption_record(from_arrow(batch["path"][row]), captions))
         return {"record": records, "error": batch["error"]}
