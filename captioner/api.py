@@ -307,12 +307,13 @@ class Captioner:
                 yield captions[0] if one_each else captions
 
 
-    def explain(self, image: ImageInput, beam_size: int = 3) -> Explanation:
+    def explain(self, image: ImageSource, beam_size: int = 3, style: str = SENTENCE, neutral: bool = False) -> Explanation:
         """The best caption of one image and, per word, where the decoder looked when it wrote it
         (`Explanation.maps`, (words, rows, columns) over the encoder grid; see `explain.py`).
         Needs an attention or transformer decoder on the pytorch backend."""
         check_explainable(self.decoder)  # before any work
-        return self.explain_batch([read_image(image)], beam_size)[1][0]
+        check_style(style)
+        return self.explain_batch([read_image(image)], beam_size, 1, style, neutral)[1][0]
 
     def explain_batch(
         self, images: Sequence[Image.Image], beam_size: int = 3, num_captions: int = 1, style: str = PLAIN, neutral: bool = False,
@@ -325,14 +326,14 @@ class Captioner:
         features = self.encode_pixels(torch.stack([preprocess(image, self.preprocess_config) for image in images]))
         with one_cpu_thread(self.device):
             given, results = self._search(features, beam_size, num_captions)
-            captions = self._captions(given, results)
+            captions = written_captions(self._captions(given, results), style, neutral)
             explanations = []
             for row, (image, hypotheses, subject) in enumerate(zip(images, results, given.subjects)):
                 tokens = hypotheses[0].tokens
                 on_grid, share = attention_over_grid(self.decoder, one_row(given.features, row), tokens)
                 words = token_words(self.vocabulary, tokens, subject.writing.renames if subject else None)
                 explanations.append(explanation(captions[row][0].text, words, on_grid, share, self.decoder.config.grid_size, image))
-        return written_captions(captions, style, neutral), explanations
+        return captions, explanations
 
 
 def decoding_beam(beam_size: int, num_captions: int, sampling: bool = False) -> int:

@@ -126,10 +126,10 @@ def test_caption_tags_column():
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
     rows = [line.split("\t") for line in lines]
-    assert all(len(row) == 4 and row[0] == chelsea for row in rows)  # path, rank and caption, score, tags
+    assert all(len(row) == 5 and row[0] == chelsea for row in rows)  # path, rank and caption, score, confidence, tags
     assert rows[0][1] == "1. " + plain.stdout.strip().split("\t")[1]  # the caption column, ranked
-    assert rows[0][3] == rows[1][3]  # the photo's tags, on each of its captions
-    pairs = [pair.rsplit(":", 1) for pair in rows[0][3].split(",")]
+    assert rows[0][4] == rows[1][4]  # the photo's tags, on each of its captions
+    pairs = [pair.rsplit(":", 1) for pair in rows[0][4].split(",")]
     assert all(len(pair) == 2 and pair[0].strip() and len(pair[1].split(".")[1]) == 2 for pair in pairs)  # word:0.98
     assert_tags([{"word": word, "score": float(score)} for word, score in pairs])
     assert len(plain.stdout.strip().split("\t")) == 2  # without --tags: two columns, as before

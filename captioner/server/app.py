@@ -591,7 +591,7 @@ async def explain_caption(
         await discard_body(request, settings.max_upload_bytes + MULTIPART_OVERHEAD, timeout=2.0)
         raise ApiError(422, "no_attention_maps", f"This server's model cannot show where words looked: {error}.") from None
     (_, explanations), size, _ = await with_uploaded_photo(
-        request, captioner, queue, memory, decoder, settings, lambda image, options: queue.run(captioner.explain_batch, [image], options.beam_size),
+        request, captioner, queue, memory, decoder, settings, lambda image, options: queue.run(captioner.explain_batch, [image], options.beam_size, 1, options.style, options.neutral),
     )
     explained = explanations[0]
     rows, columns = explained.maps.shape[1:]
