@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from captioner.api import pretrained_path
 from captioner.errors import CaptionerError
 from captioner.server import Settings, create_app
-from captioner.server import app as server_app
+from captioner.server import photo_decoding
 from captioner.server.app import MULTIPART_OVERHEAD, ApiError, DecodeMemory, InferenceQueue, PhotoDecoder, caption_batcher, openapi_3_0
 from captioner.server.batching import CaptionBatcher
 from captioner.server.connections import uvicorn_config
@@ -701,7 +701,7 @@ def test_many_scan_jpeg_is_a_quick_422_and_other_photos_are_captioned_meanwhile(
 
 def test_decoding_runs_on_its_own_threads_beside_inference(client, astronaut, monkeypatch):
     """A photo whose decoding is held up does not delay another photo's caption."""
-    real_decode_photo = server_app.decode_photo
+    real_decode_photo = photo_decoding.decode_photo
     held_photo = encoded(Image.new("RGB", (64, 48), (10, 200, 30)), "PNG")
     release, threads = threading.Event(), []
 
@@ -711,7 +711,7 @@ def test_decoding_runs_on_its_own_threads_beside_inference(client, astronaut, mo
             assert release.wait(60)
         return real_decode_photo(data, preprocess_config)
 
-    monkeypatch.setattr(server_app, "decode_photo", decode_photo)
+    monkeypatch.setattr(photo_decoding, "decode_photo", decode_photo)  # where PhotoDecoder looks it up
     app = app_sharing_model(client)
     with uvicorn_serving(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http, ThreadPoolExecutor(1) as pool:
         held = pool.submit(post_image, http, held_photo, "held.png")
