@@ -22,21 +22,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .api import Captioner
 from .caption_text import flickr30k_id, read_caption_text
 from .checkpoint import atomic_write_json, load_model, save_model
 from .cider import CiderD
 from .concept_training import ConceptMatcher, ConceptSetup, TextExamples, fit_concepts
-from .cached_decoding import decode_split
-from .concepts import ConceptTable, concept_word_ids, imagenet_head, to_concepts
+from .concepts import ConceptTable, imagenet_head
 from .datasets import CaptionDataset, load_dataset
 from .decoders import DecoderConfig, create_decoder
-from .decoding import DecodingOptions
 from .devices import autocast as precision_context
 from .devices import mixed_precision_dtype, resolve_device
 from .distributed import ProcessGroup, join, share_weight
 from .encoders import create_encoder
 from .errors import CaptionerError
-from .evaluation import require_java, score_captions
+from .evaluation import caption_split, photo_saturations, require_java, score_captions
 from .features import FeatureCache, feature_cache, records_with_features
 from .run_folder import PendingRun, check_output_folder
 from .training_batches import Batch, BatchPlan, CaptionPlan, ConceptPlan, PhotoFeatures, SelfCriticalPlan
@@ -221,8 +220,10 @@ def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress
         run_progress = _resumed_progress(config, inputs.saved_state, optimizer, scaler, group, device, run_progress.total_steps, log)
     if group.is_main:  # written once the resumed state is known to fit: a refused --resume leaves the run as it was
         atomic_write_json(output / "training_config.json", config.to_dict())
-    dev_concepts = to_concepts(concept_setup.dev_concepts, concept_word_ids(concept_setup.detector.words, vocabulary), concept_setup.detector.sources, decoder_config.max_concepts) if concept_setup else None
-    dev_score = _dev_scorer(decoder, vocabulary, cache, dev_records, device, config.dev_beam_size, dev_concepts) if group.is_main else None
+    dev_score = None
+    if group.is_main:  # rank 0 scores the dev split with the model as it would be loaded: its decoding rules included
+        captioner = Captioner(encoder, decoder, vocabulary, model_config, device=device, concept_detector=concept_setup and concept_setup.detector)
+        dev_score = _dev_scorer(captioner, inputs.dataset, cache, dev_records, config.dev_beam_size)
     loss = _loss_function(config, decoder, model, vocabulary, train_records, max_length, precision_context(device, precision))
     checkpoints = Checkpoints(output, vocabulary, model_config, concept_setup and concept_setup.detector, pending)
     _run_epochs(Run(config, group, device, decoder, model, optimizer, scaler, plan, loss, dev_score, checkpoints, log, progress), run_progress)
@@ -297,14 +298,17 @@ def _save_epoch(run: Run, progress: Progress, improved: bool, random_states: lis
     run.log(f"epoch {entry['epoch']}: loss {entry['train_loss']:.3f}  dev BLEU-4 {entry['dev_bleu4']:.3f}  CIDEr {entry['dev_cider']:.3f}  ({entry['seconds']:.0f} s){'  *best*' if improved else ''}")
 
 
-def _dev_scorer(decoder: torch.nn.Module, vocabulary: Vocabulary, cache: FeatureCache, records: list, device: torch.device, beam_size: int, concepts) -> Callable[[], dict[str, float]]:
-    """The dev split's BLEU-4 and CIDEr."""
-    keys, references = [record.image for record in records], {record.image: record.captions for record in records}
-    options = DecodingOptions(max_length=decoder.config.max_length)
+def _dev_scorer(captioner: Captioner, dataset: CaptionDataset, cache: FeatureCache, records: list, beam_size: int) -> Callable[[], dict[str, float]]:
+    """The dev split's BLEU-4 and CIDEr, its photos captioned as `captioner evaluate` captions them:
+    `Captioner.generate` with the model's own decoding rules (banned words, biases, the subject
+    and colour rules, its length penalty), so the best checkpoint is the best one users get."""
+    saturations = photo_saturations(captioner, dataset, records)  # the colour rule needs pixels, which the cache does not keep: read once
+    references = {record.image: record.captions for record in records}
 
     def score() -> dict[str, float]:
-        hypotheses = decode_split(decoder, cache, keys, device, beam_size, options, concepts=concepts)
-        return score_captions(references, {key: vocabulary.decode(tokens) for key, tokens in zip(keys, hypotheses)}, metrics=("BLEU-4", "CIDEr"))
+        captioner.decoder.eval()  # no dropout: the loop puts the decoder back in training mode each epoch
+        captions, _ = caption_split(captioner, cache, records, saturations, beam_size, progress=False)
+        return score_captions(references, captions, metrics=("BLEU-4", "CIDEr"))
     return score
 
 
