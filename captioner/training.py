@@ -27,7 +27,7 @@ from .caption_text import flickr30k_id, read_caption_text
 from .checkpoint import atomic_write_json, load_model, save_model
 from .cider import CiderD
 from .concept_training import ConceptMatcher, ConceptSetup, TextExamples, fit_concepts
-from .concepts import ConceptTable, imagenet_head
+from .concepts import ConceptDetector, ConceptTable, imagenet_head
 from .datasets import CaptionDataset, load_dataset
 from .decoders import DecoderConfig, create_decoder
 from .devices import autocast as precision_context
@@ -153,7 +153,7 @@ class Checkpoints(NamedTuple):
     output: Path
     vocabulary: Vocabulary
     model_config: dict  # config.json, less the decoder's shape (`save_model` adds it)
-    concept_detector: object | None  # a concept model's word detectors, saved beside its weights
+    concept_detector: ConceptDetector | None  # a concept model's word detectors, saved beside its weights
     pending: PendingRun  # the run this one replaces, kept until the first checkpoint is written
 
 
@@ -176,7 +176,7 @@ class Run:
     show_progress: bool
 
 
-def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress: bool, log, pending: PendingRun, group: ProcessGroup, device: torch.device) -> Path:
+def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, show_progress: bool, log, pending: PendingRun, group: ProcessGroup, device: torch.device) -> Path:
     """Set the run up once every setting and input has been checked (data, vocabulary, decoder,
     batch plan, loss, optimizer, the progress so far), then train (`_run_epochs`). The order keeps
     every random draw of a run (and of a resumed one) where it was."""
@@ -189,8 +189,9 @@ def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress
     vocabulary, decoder_config = _vocabulary_and_shape(config, inputs)
     encoder = create_encoder(config.encoder)
     decoder_config.feature_dim, decoder_config.grid_size = encoder.feature_dim, encoder.grid_size**2
-    cache, flip_cache, train_records, dev_records = _feature_caches(config, inputs, encoder, group, progress, device, log)
-    train_keys, train_rows = [record.image for record in train_records], cache.rows([record.image for record in train_records])
+    cache, flip_cache, train_records, dev_records = _feature_caches(config, inputs, encoder, group, show_progress, device, log)
+    train_keys = [record.image for record in train_records]
+    train_rows = cache.rows(train_keys)
     train_captions, text_files = _training_captions(config, train_records, inputs.text_files, log)
     max_length = decoder_config.max_length
     samples = [(int(row), ids[:max_length]) for captions, row in zip(train_captions, train_rows) for ids in (vocabulary.encode(c) for c in captions) if ids]
@@ -215,9 +216,9 @@ def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress
     log(f"decoder {decoder_config.kind}: {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f} M parameters; device {device}{f', {precision} mixed precision' if precision else ''}{processes}")
 
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)  # float16 gradients underflow unscaled
-    run_progress = Progress(plan.steps_per_epoch() * config.epochs, config.epochs)
+    progress = Progress(plan.steps_per_epoch() * config.epochs, config.epochs)
     if resume:  # the decoder is the run's last checkpoint already
-        run_progress = _resumed_progress(config, inputs.saved_state, optimizer, scaler, group, device, run_progress.total_steps, log)
+        progress = _resumed_progress(config, inputs.saved_state, optimizer, scaler, group, device, progress.total_steps, log)
     if group.is_main:  # written once the resumed state is known to fit: a refused --resume leaves the run as it was
         atomic_write_json(output / "training_config.json", config.to_dict())
     dev_score = None
@@ -226,7 +227,7 @@ def _train(config: TrainingConfig, inputs: CheckedInputs, resume: bool, progress
         dev_score = _dev_scorer(captioner, inputs.dataset, cache, dev_records, config.dev_beam_size)
     loss = _loss_function(config, decoder, model, vocabulary, train_records, max_length, precision_context(device, precision))
     checkpoints = Checkpoints(output, vocabulary, model_config, concept_setup and concept_setup.detector, pending)
-    _run_epochs(Run(config, group, device, decoder, model, optimizer, scaler, plan, loss, dev_score, checkpoints, log, progress), run_progress)
+    _run_epochs(Run(config, group, device, decoder, model, optimizer, scaler, plan, loss, dev_score, checkpoints, log, show_progress), progress)
     return output / "best"
 
 
