@@ -57,7 +57,8 @@ def bench_encoder(count: int) -> float:
 
 def bench_epochs(steps: int) -> dict[str, float]:
     from captioner.decoders import DecoderConfig, Features, caption_loss, create_decoder
-    from captioner.training import TrainingConfig, length_bucketed_batches, make_optimizer
+    from captioner.training import TrainingConfig, make_optimizer
+    from captioner.training_batches import length_bucketed_batches
 
     results = {}
     rng = np.random.default_rng(0)

@@ -25,7 +25,6 @@ from .encoders import PreprocessConfig, create_encoder, preprocess
 from .errors import CaptionerError, ImageError
 from .explain import Explanation, attention_over_grid, check_explainable, explanation, one_row, token_words
 from .image_sources import ImageSource, is_one_image, read_image
-
 from .onnx_backend import check_backend, is_onnx_export, load_onnx_captioner
 from .onnx_encoder import encoder_on
 from .subject import Subject, SubjectRule, SubjectSettings, render

@@ -132,18 +132,18 @@ def test_mirrored_features_are_used_in_training_when_flip_is_on(tmp_path, monkey
 
 @needs_flickr8k
 def test_self_critical_rewards_are_cider_of_samples_of_the_right_photos(tmp_path, monkeypatch, cache):
-    import captioner.training
+    import captioner.training_losses
 
     assert main([*_train_arguments(tmp_path / "xe", cache, limit=40), "--epochs", "1"]) == 0
     steps: list[tuple[torch.Tensor, list]] = []
-    draw = captioner.training.sample
+    draw = captioner.training_losses.sample
 
     def recording_sample(decoder, features, **options):
         groups = draw(decoder, features, **options)
         steps.append((features.pooled, groups))
         return groups
 
-    monkeypatch.setattr(captioner.training, "sample", recording_sample)
+    monkeypatch.setattr(captioner.training_losses, "sample", recording_sample)
     assert main([*_train_arguments(tmp_path / "scst", cache, limit=40), "--epochs", "1", "--set", f"init_from={tmp_path / 'xe' / 'best'}",
                  "--set", "self_critical=true", "--set", "learning_rate=0.00001", "--set", "batch_size=20"]) == 0
 

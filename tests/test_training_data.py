@@ -88,3 +88,23 @@ def test_coco_official_layout_caches_and_trains(tmp_path, capsys):
     assert main(["--threads", "1", "train", "--dataset", str(folder), "--output", str(output), "--cache", str(tmp_path / "cache"),
                  "--epochs", "1", *TINY, "--set", "flip_augment=false"]) == 0
     assert "2 train images" in capsys.readouterr().out and (output / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("concepts", [[], ["--set", "decoder.max_concepts=4", "--set", "detector_words=20", "--set", "detector_epochs=1", "--set", "paired_image_dropout=0.3"]], ids=["plain", "concepts"])
+def test_the_dev_score_of_training_is_the_one_evaluate_gives_the_best_model(tmp_path, monkeypatch, dataset_with_broken_photos, concepts):
+    """Each epoch's dev photos are captioned through `Captioner.generate`, with the model's own
+    decoding rules (and concepts), so the best checkpoint is chosen by the captions users get."""
+    from captioner.api import Captioner
+    from captioner.evaluation import evaluate_model
+
+    captioned: list[int] = []
+    generate = Captioner.generate
+    monkeypatch.setattr(Captioner, "generate", lambda self, features, *args, **kwargs: captioned.append(len(features.pooled)) or generate(self, features, *args, **kwargs))
+    output, cache = tmp_path / "run", tmp_path / "cache"
+    assert main(["--threads", "1", "train", "--dataset", str(dataset_with_broken_photos), "--output", str(output), "--cache", str(cache),
+                 "--epochs", "2", *TINY, "--set", "flip_augment=false", *concepts]) == 0
+    assert captioned == [4, 4]  # the 4 readable dev photos, each epoch
+    history = json.loads((output / "history.json").read_text())
+    best = json.loads((output / "best" / "config.json").read_text())["dev"]
+    report = evaluate_model(str(output / "best"), str(dataset_with_broken_photos), split="dev", beam_sizes=[1], output=str(tmp_path / "eval"), cache=str(cache), progress=False)
+    assert report["results"]["greedy"]["CIDEr"] == pytest.approx(history[best["epoch"] - 1]["dev_cider"], abs=1e-4)  # the report rounds to 4 places

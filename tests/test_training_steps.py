@@ -13,7 +13,10 @@ from captioner.cider import CiderD
 from captioner.decoders import Features, caption_loss
 from captioner.decoding import DecodingOptions, Hypothesis, greedy
 from captioner.distributed import shard, share_weight
-from captioner.training import TrainingConfig, _load_training_state, _planned_total_steps, _save_training_state, learning_rate_at, length_bucketed_batches, pad_batch, random_state, self_critical_loss
+from captioner.training import TrainingConfig, learning_rate_at
+from captioner.training_batches import length_bucketed_batches, pad_batch
+from captioner.training_losses import self_critical_loss
+from captioner.training_state import load_training_state, planned_total_steps, random_state, read_training_state, save_training_state
 from captioner.vocabulary import Vocabulary, tokenize
 from helpers import KINDS, random_features, tiny_decoder
 
@@ -101,7 +104,7 @@ def test_self_critical_baseline_is_the_mean_of_the_other_samples(monkeypatch, re
     features = random_features(2)
     captions = {"dog": ["a dog runs", "a brown dog", "grass"], "cat": ["a cat", "a black cat sleeps", "bed"]}
     groups = [[Hypothesis(VOCABULARY.encode(c), 0.0) for c in captions[key]] for key in captions]
-    monkeypatch.setattr("captioner.training.sample", lambda *args, **kwargs: groups)
+    monkeypatch.setattr("captioner.training_losses.sample", lambda *args, **kwargs: groups)
     reward = TableReward({(key, c): value for key in captions for c, value in zip(captions[key], rewards[::-1] if key == "cat" else rewards)})
     loss, mean_reward = self_critical_loss(decoder, features, list(captions), reward, VOCABULARY, 3, 8, NO_AUTOCAST)
     expected = 0.0
@@ -194,14 +197,16 @@ def test_every_process_resumes_with_its_own_random_state(tmp_path):
     for rank in range(2):
         torch.manual_seed(100 + rank)
         states.append(random_state(torch.device("cpu")))
-    _save_training_state(tmp_path, optimizer, {"epoch": 1}, states)
+    progress = {"epoch": 1, "step": 4, "best_cider": 0.5, "bad_epochs": 0, "history": [{"epoch": 1}]}
+    save_training_state(tmp_path, optimizer, progress, states)
+    saved = read_training_state(tmp_path)
     for rank in range(2):
         torch.manual_seed(100 + rank)
         expected = torch.rand(3)
         torch.manual_seed(7)
-        assert _load_training_state(tmp_path, torch.optim.AdamW(decoder.parameters()), torch.device("cpu"), rank) == {"epoch": 1}
+        assert load_training_state(tmp_path, saved, torch.optim.AdamW(decoder.parameters()), torch.device("cpu"), rank) == progress
         assert torch.equal(torch.rand(3), expected)
-    _load_training_state(tmp_path, optimizer, torch.device("cpu"), rank=2, seed=5)  # a process the run did not have: seed + rank
+    load_training_state(tmp_path, saved, optimizer, torch.device("cpu"), rank=2, seed=5)  # a process the run did not have: seed + rank
     drawn = torch.rand(3)
     torch.manual_seed(7)
     assert torch.equal(drawn, torch.rand(3))
@@ -209,7 +214,7 @@ def test_every_process_resumes_with_its_own_random_state(tmp_path):
 
 def test_a_resumed_schedule_keeps_its_planned_length_unless_the_epochs_change():
     logged = []
-    assert _planned_total_steps({"total_steps": 120, "epochs": 4}, 150, 4, logged.append) == 120  # the data grew: same schedule
-    assert _planned_total_steps({"total_steps": 120, "epochs": 4}, 150, 6, logged.append) == 180  # two more epochs of the planned length
-    assert _planned_total_steps(None, 150, 6, logged.append) == 150  # a run saved before schedules were recorded
+    assert planned_total_steps({"total_steps": 120, "epochs": 4}, 150, 4, logged.append) == 120  # the data grew: same schedule
+    assert planned_total_steps({"total_steps": 120, "epochs": 4}, 150, 6, logged.append) == 180  # two more epochs of the planned length
+    assert planned_total_steps(None, 150, 6, logged.append) == 150  # a run saved before schedules were recorded
     assert logged == ["learning-rate schedule: 4 -> 6 epochs, 120 -> 180 steps"]
