@@ -130,6 +130,7 @@ def test_every_text_has_a_contrast_of_at_least_4_5(open_page, scheme):
     page = open_page()
     page.emulate_media(color_scheme=scheme)
     page.wait_for_selector("#examples button", state="visible")
+    page.wait_for_timeout(300)  # the drop zone's background transition (0.15 s) to the new scheme settles
     assert page.evaluate(LOW_CONTRAST) == []  # the empty page: placeholder, drop zone, examples
     open_options(page)
     page.select_option("#num-captions", "3")
