@@ -36,7 +36,8 @@ captioner = Captioner.from_pretrained(device="cpu")
 for line in sys.stdin:
     path = line.strip()
     started = time.perf_counter()
-    caption = captioner.caption(path, beam_size=3).text
+    result = captioner.caption(path, beam_size=3)
+    caption = (result[0] if isinstance(result, list) else result).text  # older code gives the n-best list
     print(json.dumps({"ms": (time.perf_counter() - started) * 1000, "caption": caption}), flush=True)
 """
 
