@@ -112,6 +112,7 @@ async def create_caption(
     The upload is held in memory only, never written to disk or logged.
     """
     started = time.perf_counter()
+
     async def caption(image: Image.Image, options: schemas.CaptionOptions):
         return await request.app.state.batcher.caption(image, options.beam_size, options.num_captions), options
 
