@@ -6,80 +6,25 @@ line (`captioner: error: ...`) with a non-zero exit status, never as a traceback
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 import os
-import re
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .config_checks import AT_LEAST_ONE, NOT_NEGATIVE, POSITIVE, Limit
+from .caption_command import command_caption
+from .cli_arguments import (
+    BACKEND_HELP, BACKENDS, BEAM, COUNT, DEVICE, DEVICE_HELP, FINITE_NUMBER, PORT, POSITIVE_NUMBER, THREADS, TOP_P, ZERO_OR_MORE, OneLineParser, bounded_number,
+)
+from .config_checks import Limit
 from .errors import CaptionerError
+from .export_command import command_export
 
 
 def _threads(count: int | None) -> None:
     import torch
 
     torch.set_num_threads(count or max(1, min(os.cpu_count() or 1, 8)))
-
-
-def _number(kind, limit: Limit, what: str):
-    """An argparse type: a number of `kind` within `limit`, else a one-line usage error."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}") from None
-        if kind is float and not math.isfinite(value) or not limit.allows(value):
-            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
-        return value
-    return parse
-
-
-COUNT = _number(int, AT_LEAST_ONE, "a whole number >= 1")
-MAX_THREADS = 256  # more than any machine here has cores; --threads 100000 crashed PyTorch's thread pool (exit 139)
-THREADS = _number(int, Limit(1, MAX_THREADS), f"a whole number from 1 to {MAX_THREADS}")
-ZERO_OR_MORE = _number(int, NOT_NEGATIVE, "a whole number >= 0")
-POSITIVE_NUMBER = _number(float, POSITIVE, "a number > 0")
-FINITE_NUMBER = _number(float, Limit(), "a finite number")
-TOP_P = _number(float, Limit(0, 1, low_open=True), "a number > 0 and <= 1")
-MAX_BEAM = 20  # as captioner.api.MAX_BEAM, without importing torch to parse arguments
-BEAM = _number(int, Limit(1, MAX_BEAM), f"a whole number from 1 to {MAX_BEAM}")
-PORT = _number(int, Limit(1, 65535), "a port number from 1 to 65535")
-DEVICE_HELP = "auto (a CUDA GPU when present; the default), cpu, cuda or cuda:N; also set by CAPTIONER_DEVICE"
-BACKENDS = ("pytorch", "onnxruntime")  # as captioner.onnx_backend.BACKENDS, without importing torch to parse arguments
-BACKEND_HELP = "pytorch or onnxruntime (the CPU; a model folder is exported in memory at load); default: onnxruntime for an ONNX export folder, else pytorch"
-
-
-def DEVICE(text: str) -> str:
-    """An argparse type: the spelling of a device choice (whether it exists is checked when it is used)."""
-    choice = text.strip().lower()
-    if choice not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", choice):
-        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, not {text!r}")
-    return choice
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line (`captioner caption: error: ...`) pointing at --help, exit 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _tsv_field(text: str) -> str:
-    r"""A path as one TSV field: a backslash, tab, newline or carriage return becomes \\, \t, \n or \r;
-    a byte of the name that is not UTF-8 (read by Python as a lone surrogate U+DC80..U+DCFF) becomes \xNN."""
-    escaped = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return re.sub("[\ud800-\udfff]", _escaped_surrogate, escaped)
-
-
-def _escaped_surrogate(match: re.Match) -> str:
-    code = ord(match.group())
-    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def _parse_value(text: str):
@@ -89,191 +34,6 @@ def _parse_value(text: str):
         return text
 
 
-def _decoded_batches(paths: list[Path | str], batch_size: int, pool: ThreadPoolExecutor):
-    """(photos read, error messages) per batch; the next batch decodes (or downloads) in `pool`
-    while the caller captions this one, so the cores never wait on Pillow."""
-    from .image_sources import read_image
-    from .read_ahead import one_ahead
-
-    def start(batch: list[Path | str]) -> list:
-        return [(path, pool.submit(read_image, path)) for path in batch]
-
-    def finish(pending: list) -> tuple[list, list[str]]:
-        loaded, errors = [], []
-        for path, future in pending:
-            try:
-                loaded.append((path, future.result()))
-            except CaptionerError as error:
-                errors.append(str(error))
-        return loaded, errors
-
-    batches = [paths[first : first + batch_size] for first in range(0, len(paths), batch_size)]
-    return one_ahead(batches, start, finish)
-
-
-def command_caption(args: argparse.Namespace) -> int:
-    if args.num_captions > MAX_BEAM and not args.sample:  # more than --beam-size widens the beam, up to its widest
-        raise CaptionerError(f"--num-captions is at most {MAX_BEAM} with beam search (one caption per beam); pass --sample for more")
-    if args.output is not None and not args.output.strip():
-        raise CaptionerError("--output is empty; pass a file name (or leave --output out to print the captions)")
-    if args.explain is not None:
-        _check_explain(args)
-    if args.ray:
-        if args.backend:
-            raise CaptionerError("--backend does not work with --ray yet; Ray actors load an ONNX export folder (--model) on onnxruntime by themselves")
-        from .ray_captioning import caption_with_ray  # Ray is imported there, never on this machine-only path
-
-        return caption_with_ray(args)
-    for flag, value in (("--actors", args.actors), ("--actor-cpus", args.actor_cpus), ("--format", args.shard_format), ("--shard-size", args.shard_size)):
-        if value is not None:
-            raise CaptionerError(f"{flag} works only with --ray ADDRESS (captioning on a Ray cluster)")
-    if args.output is None:
-        paths, problems = _photos(args.paths)
-        return _caption_photos(paths, args, None) or int(bool(problems))
-    return _caption_into(Path(args.output), args)
-
-
-def _check_explain(args: argparse.Namespace) -> None:
-    """--explain DIR: refused, before any work, with what it cannot show, or where it cannot write."""
-    from .attention_figure import check_explain_folder
-
-    if args.ray:
-        raise CaptionerError("--explain does not work with --ray; draw the attention maps on this machine, without --ray")
-    if args.sample:
-        raise CaptionerError("--explain draws the beam search's best caption; leave out --sample")
-    if not args.explain.strip():
-        raise CaptionerError("--explain is empty; pass a folder for the attention figures")
-    check_explain_folder(Path(args.explain))
-
-
-def _photos(inputs: list[str]) -> tuple[list[Path | str], list[str]]:
-    """The photos to caption, in input order, each once: files found in the paths given, and
-    http(s) URLs as they are (downloaded as they are captioned). Problems are printed as they are
-    found; no photo at all is refused."""
-    from .image_sources import is_url
-    from .images import find_images
-
-    paths: list[Path | str] = []
-    problems: list[str] = []
-    for is_address, group in itertools.groupby(inputs, key=is_url):
-        if is_address:
-            paths.extend(group)
-            continue
-        found, trouble = find_images(list(group))
-        paths.extend(found)
-        problems.extend(trouble)
-    paths = list(dict(zip(_photo_keys(paths), paths)).values()) if len(paths) > 1 else paths  # each photo once, across groups too
-    for problem in problems:
-        print(f"captioner: {problem}", file=sys.stderr)
-    if not paths:
-        raise CaptionerError("no images to caption; pass image files or folders holding JPEG, PNG, WebP, GIF, BMP or TIFF")
-    return paths, problems
-
-
-def _photo_keys(photos: list[Path | str]) -> list[str]:
-    """What tells two inputs are one photo: a URL itself, a file's resolved path (`resolved_paths`)."""
-    from .image_sources import is_url
-    from .images import resolved_paths
-
-    return [photo if is_url(photo) else key for photo, key in zip(photos, resolved_paths(photos))]
-
-
-def _caption_into(output: Path, args: argparse.Namespace) -> int:
-    """`caption --output FILE`: the photos not in FILE yet, appended to it, with this run holding FILE's lock."""
-    from .caption_log import CaptionLog, read_done
-    from .output_lock import OutputLock
-
-    with OutputLock(output):  # checks where the output goes, before any work
-        done = set(_photo_keys(read_done(output)))  # matched by resolved path: `p/x.jpg` and `/abs/p/x.jpg` are one photo
-        paths, problems = _photos(args.paths)
-        todo = [path for path, key in zip(paths, _photo_keys(paths)) if key not in done]
-        log = CaptionLog(output)  # opened before the model loads: an output that cannot be written is refused first
-        try:
-            failed = _caption_photos(todo, args, log)
-        finally:
-            log.close()
-    if not args.quiet:
-        print(f"captioner: {len(todo)} photos captioned into {output}" + (f" ({len(paths) - len(todo)} were already there)" if len(todo) < len(paths) else ""), file=sys.stderr)
-    return 1 if failed or problems else 0
-
-
-FEW_PHOTOS = 5  # more than this, and a terminal gets a progress bar
-
-
-def _shows_progress(count: int, args: argparse.Namespace, log) -> bool:
-    """A progress bar on stderr: always with --output, else where stderr is a terminal and there are more than a few photos."""
-    return not args.quiet and (log is not None or (count > FEW_PHOTOS and sys.stderr.isatty()))
-
-
-def _caption_photos(todo: list[Path | str], args: argparse.Namespace, log) -> int:
-    """Caption `todo` in batches, printed or appended to `log`; 1 when some photo could not be read."""
-    from tqdm import tqdm
-
-    from .api import Captioner
-    from .attention_figure import draw_explanation, save_new_png
-    from .caption_style import PLAIN, SENTENCE
-    from .explain import check_explainable
-
-    captioner = Captioner.load(args.model, args.device, args.backend) if args.model else Captioner.from_pretrained(device=args.device, backend=args.backend)
-    if args.explain is not None:
-        check_explainable(captioner.decoder)  # a model without attention maps is refused before any photo is captioned
-    failed = False
-    bar = tqdm(total=len(todo), unit="photo", file=sys.stderr, disable=not _shows_progress(len(todo), args, log), dynamic_ncols=True)
-    try:
-        with ThreadPoolExecutor(args.workers) as pool:
-            for loaded, errors in _decoded_batches(todo, args.batch_size, pool):
-                for error in errors:
-                    bar.write(f"captioner: {error}", file=sys.stderr)
-                failed |= bool(errors)
-                if loaded and args.explain is not None:
-                    results, explanations = captioner.explain_batch(
-                        [image for _, image in loaded], args.beam_size, args.num_captions, style=PLAIN if args.plain else SENTENCE, neutral=args.neutral,
-                    )
-                    for (path, _), captions, explanation in zip(loaded, results, explanations):
-                        save_new_png(draw_explanation(explanation), Path(args.explain), Path(str(path)).stem)
-                        _print_or_log(path, captions, args, log, bar)
-                elif loaded:
-                    features = captioner.encode([image for _, image in loaded])
-                    results = captioner.generate(
-                        features, args.beam_size, args.num_captions, sampling=args.sample,
-                        temperature=args.temperature, top_p=args.top_p, seed=args.seed, style=PLAIN if args.plain else SENTENCE, neutral=args.neutral,
-                    )
-                    for (path, _), captions in zip(loaded, results):
-                        _print_or_log(path, captions, args, log, bar)
-                if log is not None:
-                    log.flush()
-                sys.stdout.flush()
-                bar.update(len(loaded) + len(errors))
-    finally:
-        bar.close()
-    return 1 if failed else 0
-
-
-def _ranked(rank: int, caption) -> str:
-    """`RANK. TEXT<TAB>SCORE<TAB>CONFIDENCE` (no confidence column for a model without a calibration)."""
-    confidence = f"\t{caption.confidence:.2f}" if caption.confidence is not None else ""
-    return f"{rank}. {caption.text}\t{caption.score:.4f}{confidence}"
-
-
-def _print_or_log(path: Path | str, captions, args: argparse.Namespace, log, bar) -> None:
-    """One photo's captions: a line of the --output file, a JSON line or TSV lines on stdout
-    (with --num-captions N > 1, each caption's rank, score and confidence: `PATH<TAB>1. TEXT<TAB>SCORE<TAB>CONFIDENCE`)."""
-    from .caption_log import caption_record, photo_tags
-
-    if log is not None:
-        log.write(caption_record(path, captions))
-        return
-    if args.json:
-        lines = [json.dumps(caption_record(path, captions))]  # ASCII, a name's non-UTF-8 bytes as \udcXX escapes
-    else:
-        tag_column = "\t" + ",".join(f"{t.word}:{t.score:.2f}" for t in photo_tags(captions)) if args.tags else ""
-        ranked = args.num_captions > 1
-        lines = [f"{_tsv_field(str(path))}\t" + (_ranked(rank, caption) if ranked else caption.text) + tag_column for rank, caption in enumerate(captions, 1)]
-    for line in lines:
-        if bar.disable:
-            print(line)
-        else:
-            bar.write(line, file=sys.stdout)  # the bar is cleared and drawn again below the line
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -374,119 +134,6 @@ def command_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_export(args: argparse.Namespace) -> int:
-    if args.onnx:
-        return export_onnx(args)
-    output = Path(args.output)
-    check_export_folder(output, Path(args.model), "--output")
-    if output.exists() and any(output.iterdir()) and not args.force:
-        raise CaptionerError(f"{output} already exists; pass --force to replace the model in it")
-    import torch
-
-    from .checkpoint import atomic_write_bytes, copy_concepts, load_concept_detector, load_model, read_config, save_model
-    from .confidence import CALIBRATION
-    from .encoders import create_encoder
-
-    decoder, vocabulary, config = load_model(args.model)
-    config = {key: value for key, value in config.items() if key not in ("format_version", "decoder")}
-    if args.name:
-        config["name"] = args.name
-    if args.length_penalty is not None:
-        config.setdefault("decoding", {})["length_penalty"] = args.length_penalty
-    if args.no_repeat_ngram_size is not None:
-        config.setdefault("decoding", {})["no_repeat_ngram_size"] = args.no_repeat_ngram_size
-    concepts_source = args.model
-    if args.concepts_from:  # another run's detectors, person rule and guarded words for this decoder
-        if "concepts" in config:
-            raise CaptionerError(f"{args.model} already has concepts; --concepts-from is for models without them")
-        source = read_config(args.concepts_from)
-        if "concepts" not in source:
-            raise CaptionerError(f"{args.concepts_from} has no concepts; pass a model trained with a concepts config")
-        for key in ("encoder", "preprocess"):
-            if source.get(key) != config.get(key):
-                raise CaptionerError(f"{args.concepts_from} was trained with another {key} ({source.get(key)} vs {config.get(key)}); its concepts do not fit")
-        load_concept_detector(args.concepts_from, source, create_encoder(source["encoder"]))  # refuse a broken file before writing
-        config["concepts"], concepts_source = source["concepts"], args.concepts_from
-    for key, most in (("person_threshold", 1.0), ("tag_threshold", 1.0), ("animal_floor", 1.0), ("object_penalty", 100.0)):
-        value = getattr(args, key)
-        if value is not None:
-            if "concepts" not in config or not 0 <= value <= most:
-                raise CaptionerError(f"--{key.replace('_', '-')} needs a model with concepts and a value between 0 and {most:g}")
-            config["concepts"][key] = value
-    calibration = _calibration_to_copy(args, output)
-    save_model(output, decoder, vocabulary, config, dtype=torch.float16 if args.fp16 else None)
-    copy_concepts(concepts_source, output, dtype=torch.float16 if args.fp16 else None)
-    if calibration is not None:
-        atomic_write_bytes(output / CALIBRATION, calibration)
-    size = (output / "model.safetensors").stat().st_size / 2**20
-    print(f"exported {args.model} to {output} ({size:.1f} MiB{', float16' if args.fp16 else ''})")
-    return 0
-
-
-def _calibration_to_copy(args: argparse.Namespace, output: Path) -> bytes | None:
-    """The model's calibration.json, checked, where the copy's captions stay the same (None where it has
-    none, or where a flag changes the captions: a new fit is needed then)."""
-    from .confidence import CALIBRATION, load_calibration
-
-    if load_calibration(args.model) is None:  # none (noted); a broken one is refused here, before any write
-        return None
-    changes = [flag for flag in ("length_penalty", "no_repeat_ngram_size", "person_threshold", "tag_threshold", "animal_floor", "object_penalty", "concepts_from") if getattr(args, flag) is not None]
-    if changes:
-        print(f"captioner: note: {CALIBRATION} not copied: --{changes[0].replace('_', '-')} changes the captions; fit a new one with scripts/fit_confidence.py --model {output}", file=sys.stderr)
-        return None
-    return (Path(args.model) / CALIBRATION).read_bytes()
-
-
-def check_export_folder(output: Path, model: Path, flag: str) -> None:
-    """An export's output is a folder (or nothing yet) that neither is nor holds nor sits inside the
-    model being read, and that can be made and written in: checked before any export work."""
-    if output.exists() and not output.is_dir():
-        raise CaptionerError(f"{flag} {output} is a file; give a folder to export into")
-    if model.exists():
-        out, source = output.resolve(), model.resolve()
-        if out == source or source in out.parents or out in source.parents:
-            raise CaptionerError(f"{flag} {output} is, holds or sits inside the model folder {model}; choose a folder apart from it")
-    check_can_write_folder(output, flag)
-
-
-def check_can_write_folder(folder: Path, flag: str) -> None:
-    """Refuse a folder that could not be made or written in. Tried, not guessed from permissions
-    (root passes every permission check, yet cannot write under /proc or on a read-only mount):
-    a file is made and removed in the folder, or in the nearest folder above it that exists."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise CaptionerError(f"{flag} {folder}: {existing} is a file, not a folder; give a folder to write into")
-    try:
-        handle, probe = tempfile.mkstemp(dir=existing, prefix=".captioner-write-test-")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise CaptionerError(f"{flag} {folder}: cannot write in {existing} ({error.strerror or error}); choose a folder you can write to") from None
-
-
-def export_onnx(args: argparse.Namespace) -> int:
-    """`export --onnx OUT`: the model's networks as ONNX files with its config, for `--backend onnxruntime`."""
-    output, model = Path(args.onnx), Path(args.model)
-    changes = [flag for flag, value in (("--fp16", args.fp16), ("--name", args.name), ("--length-penalty", args.length_penalty), ("--no-repeat-ngram-size", args.no_repeat_ngram_size),
-               ("--person-threshold", args.person_threshold), ("--tag-threshold", args.tag_threshold), ("--animal-floor", args.animal_floor),
-               ("--object-penalty", args.object_penalty), ("--concepts-from", args.concepts_from)) if value not in (None, False)]
-    if changes:
-        raise CaptionerError(f"--onnx exports a model as it is; {changes[0]} is for a model folder: export with --output first, then --onnx from that folder")
-    check_export_folder(output, model, "--onnx")
-    if output.exists() and any(output.iterdir()) and not args.force:
-        raise CaptionerError(f"{output} already exists; pass --force to replace the export in it")
-    from .api import Captioner
-    from .onnx_export import write_onnx_export
-
-    captioner = Captioner.load(model, "cpu", backend="pytorch")
-    manifest = write_onnx_export(captioner, output)
-    size = sum(manifest["files"].values()) / 2**20
-    print(f"exported {model} to {output} as ONNX ({len(manifest['files'])} files, {size:.1f} MiB); caption with: captioner caption --model {output} PHOTOS")
-    return 0
-
-
 def command_serve(args: argparse.Namespace) -> int:
     from .extras import install_hint, require
 
@@ -504,7 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="captioner", description="Caption photos; train and evaluate captioning models.")
     parser.add_argument("--threads", type=THREADS, default=None, help="CPU threads for PyTorch (default: all cores, at most 8; 1 for serve)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    _caption_arguments(commands)
+    _train_arguments(commands)
+    _evaluate_arguments(commands)
+    _features_arguments(commands)
+    _export_arguments(commands)
+    _serve_arguments(commands)
+    return parser
 
+
+def _caption_arguments(commands) -> None:
     caption = commands.add_parser("caption", help="caption image files and folders")
     caption.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or http(s) URLs")
     caption.add_argument("--model", help="model folder (default: the shipped model)")
@@ -520,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--top-p", type=TOP_P, default=0.9)
     caption.add_argument("--seed", type=ZERO_OR_MORE, default=None)
     caption.add_argument("--output", help="append one JSON line per photo to this file as it goes; a rerun skips photos already in it")
-    caption.add_argument("--workers", type=_number(int, Limit(1, 64), "a whole number from 1 to 64"), default=1, help="threads decoding photos ahead of the model (default 1)")
+    caption.add_argument("--workers", type=bounded_number(int, Limit(1, 64), "a whole number from 1 to 64"), default=1, help="threads decoding photos ahead of the model (default 1)")
     caption.add_argument("--quiet", action="store_true", help="no progress bar, nor the summary of --output")
     caption.add_argument("--explain", metavar="DIR", help="also write DIR/PHOTO.png per photo: the photo and, per word of its best caption, where the model looked (attention and transformer decoders; never replaces a file: a taken name gets -2, -3, ...)")
     caption.add_argument("--device", type=DEVICE, default=None, help=DEVICE_HELP)
@@ -532,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--shard-size", type=COUNT, help="with --ray: photos per shard file (default 10000)")
     caption.set_defaults(handler=command_caption)
 
+
+def _train_arguments(commands) -> None:
     train = commands.add_parser("train", help="train a decoder on cached features")
     train.add_argument("--config", help="JSON file of training settings (flags override it)")
     train.add_argument("--dataset", help="dataset folder or annotation file")
@@ -553,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", type=DEVICE, default=None, help=DEVICE_HELP)
     train.set_defaults(handler=command_train)
 
+
+def _evaluate_arguments(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="score a model with the coco-caption metrics")
     evaluate.add_argument("--model", help="model folder (default: the shipped model)")
     evaluate.add_argument("--dataset", required=True)
@@ -570,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", type=DEVICE, default=None, help=DEVICE_HELP)
     evaluate.set_defaults(handler=command_evaluate)
 
+
+def _features_arguments(commands) -> None:
     features = commands.add_parser("features", help="build the feature cache of a dataset")
     features.add_argument("--dataset", required=True)
     features.add_argument("--images")
@@ -577,12 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--cache", default="cache")
     features.add_argument("--splits", nargs="+", choices=["train", "dev", "test"])
     features.add_argument("--flip", action="store_true", help="also the features of the train split's photos mirrored (training augmentation)")
-    features.add_argument("--workers", type=_number(int, Limit(0, 64), "a whole number from 0 to 64"), default=None,
+    features.add_argument("--workers", type=bounded_number(int, Limit(0, 64), "a whole number from 0 to 64"), default=None,
                           help="processes decoding photos (default: on the CPU 0, one decoding thread beside the encoder; on a GPU one for each core but one, at most 8)")
     features.add_argument("--retry-unreadable", action="store_true", help="try again the photos an earlier run could not read (listed in the cache's unreadable.txt)")
     features.add_argument("--device", type=DEVICE, default=None, help=DEVICE_HELP)
     features.set_defaults(handler=command_features)
 
+
+def _export_arguments(commands) -> None:
     export = commands.add_parser("export", help="copy a trained model folder, optionally as float16, or export it as ONNX")
     export.add_argument("--model", required=True, help="model folder, e.g. runs/NAME/best")
     destination = export.add_mutually_exclusive_group(required=True)
@@ -600,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true")
     export.set_defaults(handler=command_export)
 
+
+def _serve_arguments(commands) -> None:
     serve = commands.add_parser("serve", help="start the web app and JSON API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=PORT, default=5000)
@@ -608,7 +274,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", type=DEVICE, default=None, help=DEVICE_HELP)
     serve.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
     serve.set_defaults(handler=command_serve)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

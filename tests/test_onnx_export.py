@@ -63,6 +63,22 @@ def test_onnx_captions_are_word_for_word_those_of_pytorch(onnx_captioner, shippe
     assert [[c.text for c in x] for x in onnx_captioner.caption(example_photos, **sampled)] == [[c.text for c in x] for x in shipped_captioner.caption(example_photos, **sampled)]
 
 
+def test_an_export_folder_captions_as_the_whole_pytorch_model_does(onnx_captioner, example_photos):
+    """Against PyTorch end to end, its encoder included (on the CPU the pytorch backend's encoder
+    itself runs in ONNX Runtime, so the test above compares graphs with graphs there)."""
+    from captioner.encoders import create_encoder
+    from captioner.onnx_encoder import OnnxRuntimeEncoder
+
+    on_pytorch = Captioner.from_pretrained()
+    on_pytorch.encoder = create_encoder(on_pytorch.config["encoder"])
+    assert not isinstance(on_pytorch.encoder, OnnxRuntimeEncoder)
+    expected = n_best(on_pytorch.caption(example_photos[:2], num_captions=2))
+    got = n_best(onnx_captioner.caption(example_photos[:2], num_captions=2))
+    assert [[c.text for c in captions] for captions in got] == [[c.text for c in captions] for captions in expected]
+    for mine, theirs in zip(got, expected):
+        assert [c.score for c in mine] == pytest.approx([c.score for c in theirs], abs=1e-3)
+
+
 def test_the_step_matches_pytorch_whatever_the_order_of_rows(onnx_captioner, shipped_captioner, example_photos):
     features = shipped_captioner.encode(example_photos[:3])
     features = shipped_captioner.conditioning(features).features

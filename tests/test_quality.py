@@ -31,6 +31,7 @@ def test_split_report(tmp_path_factory):
     return report
 
 
+@pytest.mark.slow
 @needs_flickr8k
 def test_shipped_model_on_the_flickr8k_test_split(test_split_report):
     scores = test_split_report["results"]["beam 3"]
@@ -41,6 +42,7 @@ def test_shipped_model_on_the_flickr8k_test_split(test_split_report):
     assert len(captions) == 1000 and all(entry["beam 3"] and entry["greedy"] for entry in captions.values())
 
 
+@pytest.mark.slow
 @needs_flickr8k
 def test_committed_metrics_are_what_the_shipped_model_scores(test_split_report):
     committed = json.loads((pretrained_path() / "metrics.json").read_text())
@@ -62,6 +64,7 @@ def test_shipped_model_records_its_encoder():
     assert config["encoder"] == "efficientnet-lite2"
 
 
+@pytest.mark.slow
 @needs_coco_mini_dev
 def test_shipped_model_outside_flickr8k_does_not_get_worse(tmp_path):
     report = evaluate_model(None, str(COCO_MINI_DEV), beam_sizes=[3], output=str(tmp_path / "eval"), cache=str(tmp_path / "cache"), progress=False)
