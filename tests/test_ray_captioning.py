@@ -13,7 +13,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")  # Ray
 
 from captioner.cli import main  # noqa: E402
 from captioner.errors import CaptionerError  # noqa: E402
-from captioner.ray_captioning import actor_pool_size, photo_list, read_manifest  # noqa: E402
+from captioner.ray_captioning import actor_pool_size  # noqa: E402
+from captioner.ray_photo_list import photo_list, read_manifest  # noqa: E402
 from conftest import EXAMPLES  # noqa: E402
 from helpers import one_line_error  # noqa: E402
 
