@@ -18,7 +18,6 @@ confidence. A folder without the file gives no confidence (None), with a note, n
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from .chair import mentioned_objects, normalise_object
 from .checkpoint import atomic_write_json
 from .concepts import Tag
 from .errors import CheckpointError
+from .json_files import read_json
 from .vocabulary import tokenize
 from .word_forms import names_any
 
@@ -128,11 +128,7 @@ def load_calibration(folder: str | Path | None) -> Calibration | None:
             _noted.add(str(folder))
             logger.warning("captioner: note: the model folder %s has no %s; captions come without a confidence (fit one with scripts/fit_confidence.py)", folder, CALIBRATION)
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error}); refit it with scripts/fit_confidence.py, or delete it") from None
-    return Calibration.from_dict(data, path)
+    return Calibration.from_dict(read_json(path, "refit it with scripts/fit_confidence.py, or delete it", CheckpointError), path)
 
 
 def save_calibration(folder: str | Path, calibration: Calibration) -> Path:

@@ -73,8 +73,9 @@ def one_cpu_thread(device: torch.device):
 
     A small operation split over OpenMP threads ends at a barrier that waits for every thread; on a
     busy machine one of them is often off its core, and each step then waits a time slice: one
-    caption took 0.8-4.8 s on two threads beside other jobs, 0.15-0.22 s on one, and no slower on
-    one when the machine is quiet (`benchmarks/busy_machine.py`). The encoder's ONNX Runtime pool
+    caption took 0.8-4.8 s on two threads beside other jobs, 0.15-0.22 s on one. On a quiet
+    machine one thread costs about a tenth (one caption of the bundled examples, alternating in one
+    process: 101 vs 90 ms); `benchmarks/busy_machine.py` measures both. The encoder's ONNX Runtime pool
     (threads that steal work and do not spin) keeps its own count. Nested and concurrent blocks
     restore the count set before the first of them.
     """
