@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-from .chair import coco_categories
+from .lexicon import coco_categories
 from .concepts import Tag, singular
 from .word_forms import indefinite_article
 

@@ -244,7 +244,7 @@ def guarded_words(imagenet: torch.Tensor, labels: torch.Tensor, words: list[str]
 def animal_words(table: ConceptTable) -> frozenset[str]:
     """Singular words naming an animal: COCO's animal categories and their names, and the table's
     words that only animal classes say (less `NOT_ONLY_ANIMALS`)."""
-    from .chair import ANIMALS, coco_categories
+    from .lexicon import ANIMALS, coco_categories
 
     names = {singular(name) for category in ANIMALS for name in coco_categories()[category] if " " not in name}
     only_animals = {w for c in table.classes[ANIMAL_CLASSES] for w in c["words"]} - {w for c in table.classes[ANIMAL_CLASSES.stop :] for w in c["words"]}

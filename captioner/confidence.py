@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .chair import mentioned_objects, normalise_object
+from .lexicon import mentioned_objects, normalise_object
 from .checkpoint import atomic_write_json
 from .concepts import Tag
 from .errors import CheckpointError

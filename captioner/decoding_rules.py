@@ -23,7 +23,7 @@ from typing import Protocol
 
 import torch
 
-from .chair import coco_categories, object_words
+from .lexicon import coco_categories, object_words
 from .colour import COLOUR_SATURATION
 from .concepts import PERSON_WORDS, SOURCE_IMAGENET, WORN_WORDS, ConceptDetector, animal_words, singular
 from .decoders import Features

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .chair import coco_categories
+from .lexicon import coco_categories
 from .concepts import ConceptTable
 from .config_checks import AT_LEAST_ONE, PROBABILITY, Limit, check_fields
 from .errors import CheckpointError

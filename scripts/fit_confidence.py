@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from captioner.api import Captioner, pretrained_path  # noqa: E402
-from captioner.chair import ground_truth_objects, mentioned_objects, normalise_object  # noqa: E402
+from captioner.chair import ground_truth_objects  # noqa: E402
+from captioner.lexicon import mentioned_objects, normalise_object  # noqa: E402
 from captioner.colour import COLOUR_SATURATION, mean_saturation  # noqa: E402
 from captioner.concepts import Tag  # noqa: E402
 from captioner.confidence import (  # noqa: E402

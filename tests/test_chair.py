@@ -4,7 +4,8 @@ from fractions import Fraction
 
 import pytest
 
-from captioner.chair import chair, coco_categories, ground_truth_objects, mentioned_objects, normalise_object, object_mentions
+from captioner.chair import chair, ground_truth_objects
+from captioner.lexicon import coco_categories, mentioned_objects, normalise_object, object_mentions
 from captioner.datasets import ImageRecord
 from conftest import COCO_MINI_DEV, needs_coco_mini_dev
 
