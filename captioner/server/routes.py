@@ -175,9 +175,9 @@ async def example_photo(request: Request, name: str) -> FileResponse:
 
 @router.get("/api/model", response_model=schemas.ModelInfo, summary="The loaded model", responses=_errors(503))
 async def model_info(request: Request, captioner: CaptionerDependency) -> schemas.ModelInfo:
-    decoder = dict(captioner.config["decoder"])
+    decoder = captioner.config.decoder.to_dict()
     return schemas.ModelInfo(
-        name=captioner.name, encoder=captioner.config["encoder"],
+        name=captioner.name, encoder=captioner.config.encoder,
         decoder=schemas.DecoderInfo(kind=decoder.pop("kind"), parameters=decoder),
         vocabulary_size=len(captioner.vocabulary), device=str(captioner.device), backend=captioner.backend, metrics=request.app.state.model_metrics,
         confidence_bands=[schemas.ConfidenceBand(level=b.level, minimum=b.minimum) for b in captioner.calibration.bands] if captioner.calibration else None,
