@@ -64,3 +64,20 @@ def test_a_model_folder_with_a_bad_field_names_its_config_file(tmp_path, shipped
     with pytest.raises(CheckpointError, match=r"model/config.json: decoding.beam_size must be >= 1 and <= 20, not 21"):
         read_config(tmp_path / "model")
 
+
+def test_the_configs_beam_is_the_default_beam(tmp_path, shipped_captioner, capsys):
+    from captioner.cli import main
+    from captioner.server.routes import default_beam
+
+    photo = EXAMPLES / "coffee.jpg"  # beams 3 and 5 caption it differently
+    assert shipped_captioner.default_beam_size == 3
+    assert shipped_captioner.caption(photo).text == shipped_captioner.caption(photo, beam_size=3).text
+    wide = shipped_captioner.with_config(shipped_captioner.config.with_decoding(beam_size=5))
+    wide.save_pretrained(tmp_path / "beam5")
+    loaded = type(shipped_captioner).from_pretrained(tmp_path / "beam5")
+    at_five = shipped_captioner.caption(photo, beam_size=5).text
+    assert at_five != shipped_captioner.caption(photo).text
+    assert loaded.default_beam_size == 5 and loaded.caption(photo).text == at_five
+    assert main(["caption", str(photo), "--model", str(tmp_path / "beam5")]) == 0
+    assert at_five in capsys.readouterr().out
+    assert default_beam(loaded) == 5 and default_beam(loaded.with_config(loaded.config.with_decoding(beam_size=20))) == 10  # within the server's limit

@@ -86,7 +86,7 @@ async def with_uploaded_photo(
     its result, the photo's size and the decoding time in ms. The upload is held in memory only."""
     try:
         with memory.account() as hold:
-            data, options = await read_caption_form(request, settings, hold)
+            data, options = await read_caption_form(request, settings, hold, default_beam(captioner))
             with queue.slot():  # only now, so a slow or stalled upload never holds an inference slot
                 image, size, decode_ms = await decoder.decode(data, captioner.preprocess_config)
                 del data  # the upload's bytes are not needed while the photo waits for its batch
@@ -193,12 +193,17 @@ def explainable(captioner: Captioner) -> bool:
     return True
 
 
-@router.get("/api/limits", response_model=schemas.Limits, summary="What uploads and options the server accepts")
-async def limits(settings: SettingsDependency) -> schemas.Limits:
+def default_beam(captioner: Captioner) -> int:
+    """The beam of a request that sends none: the model's own, within the server's limit."""
+    return min(captioner.default_beam_size, schemas.MAX_BEAM_SIZE)
+
+
+@router.get("/api/limits", response_model=schemas.Limits, summary="What uploads and options the server accepts", responses=_errors(503))
+async def limits(settings: SettingsDependency, captioner: CaptionerDependency) -> schemas.Limits:
     defaults = schemas.CaptionOptions()
     return schemas.Limits(
         max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels, max_pixels_not_jpeg=settings.max_pixels_not_jpeg,
-        beam_size=schemas.Range(minimum=1, maximum=schemas.MAX_BEAM_SIZE, default=defaults.beam_size),
+        beam_size=schemas.Range(minimum=1, maximum=schemas.MAX_BEAM_SIZE, default=default_beam(captioner)),
         num_captions=schemas.Range(minimum=1, maximum=schemas.MAX_NUM_CAPTIONS, default=defaults.num_captions),
     )
 
