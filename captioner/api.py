@@ -17,6 +17,7 @@ from .checkpoint import CONFIG, load_concept_detector, load_model, read_metrics
 from .colour import saturation
 from .confidence import Calibration, caption_features, load_calibration
 from .concepts import ConceptDetector, ConceptTable, Tag, concept_inputs, concept_word_ids, imagenet_head, tags_from_probabilities
+from .config_checks import MAX_BEAM
 from .decoders import Features
 from .decoding import Constraints, DecodingOptions, Hypothesis, Phrases, beam_search, greedy, sample
 from .decoding_rules import DecodingRules, Evidence
@@ -25,6 +26,7 @@ from .encoders import PreprocessConfig, create_encoder, preprocess
 from .errors import CaptionerError, ImageError
 from .explain import Explanation, attention_over_grid, check_explainable, explanation, one_row, token_words
 from .image_sources import ImageSource, is_one_image, read_image
+from .model_config import ConceptSettings, ModelConfig
 from .onnx_backend import check_backend, is_onnx_export, load_onnx_captioner
 from .onnx_encoder import encoder_on
 from .subject import Subject, SubjectRule, SubjectSettings, render
@@ -32,7 +34,6 @@ from .word_repeats import once_groups
 
 DEFAULT_MODEL = "flickr8k-default"
 DEFAULT_BACKEND = "pytorch"  # for model folders; export folders run on onnxruntime
-MAX_BEAM = 20
 MAX_SAMPLES = 100
 
 
@@ -43,7 +44,7 @@ class Caption:
     tags: list[Tag] = field(default_factory=list)  # the photo's visual concepts, most probable first
     confidence: float | None = None  # P(acceptable alt text) in [0, 1] (`confidence.py`); None: the model has no calibration
 
-TAG_THRESHOLD, TAG_TOP_K = 0.3, 10  # defaults for models that do not set their own
+TAG_TOP_K = 10
 
 
 class Conditioning(NamedTuple):
@@ -89,34 +90,59 @@ def pretrained_path(name: str = DEFAULT_MODEL) -> Path:
 class Captioner:
     """A frozen image encoder plus a trained decoder and its vocabulary."""
 
-    def __init__(self, encoder, decoder, vocabulary, config: dict, path: Path | None = None, device: torch.device | str = "cpu", concept_detector: ConceptDetector | None = None):
+    def __init__(self, encoder, decoder, vocabulary, config: ModelConfig, path: Path | None = None, device: torch.device | str = "cpu", concept_detector: ConceptDetector | None = None):
         self.encoder = encoder.to(device)
         self.decoder = decoder.to(device).eval()
         self.vocabulary = vocabulary
-        self.config = config
+        self.config = config  # config.json, typed (`model_config.py`); change it with `with_config`
         self.path = path
         self.device = torch.device(device)
-        self.preprocess_config = PreprocessConfig(**config.get("preprocess", {}))
-        decoding = config.get("decoding", {})
-        self.length_penalty = float(decoding.get("length_penalty", 1.0))
-        self.no_repeat_ngram_size = int(decoding.get("no_repeat_ngram_size", 3))
-        self.subject_settings = SubjectSettings.from_dict(config.get("subject"))
-        self._set_concepts(config.get("concepts") or {}, concept_detector)
+        self._set_concepts(config.concept_settings, concept_detector)
         # A caption says each word but function words once, in any form (see word_repeats)
         self.once_groups = once_groups(self.vocabulary)
         self.calibration: Calibration | None = load_calibration(path)
 
-    def _set_concepts(self, settings: dict, detector: ConceptDetector | None = None) -> None:
+    def with_config(self, config: ModelConfig) -> "Captioner":
+        """This model with other settings (decoding, concepts, subject), sharing its networks;
+        e.g. `captioner.with_config(captioner.config.with_decoding(length_penalty=0.8))`."""
+        return type(self)(self.encoder, self.decoder, self.vocabulary, config, self.path, self.device, self.concept_detector)
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return self.config.preprocess
+
+    @property
+    def length_penalty(self) -> float:
+        return self.config.decoding.length_penalty
+
+    @property
+    def no_repeat_ngram_size(self) -> int:
+        return self.config.decoding.no_repeat_ngram_size
+
+    @property
+    def default_beam_size(self) -> int:
+        """The beam when the caller gives none: the model's `decoding.beam_size`."""
+        return self.config.decoding.beam_size
+
+    @property
+    def subject_settings(self) -> SubjectSettings:
+        return self.config.subject
+
+    def beam(self, beam_size: int | None) -> int:
+        """`beam_size`, or where it is None the model's own (`default_beam_size`)."""
+        return self.default_beam_size if beam_size is None else beam_size
+
+    def _set_concepts(self, settings: ConceptSettings, detector: ConceptDetector | None = None) -> None:
         """Concept detection for tags, concept tokens and the person rule. A model trained without
         concepts still gets tags from the ImageNet head alone."""
         if detector is None:
             detector = ConceptDetector(ConceptTable.load(), imagenet_head(self.encoder), [], self.encoder.feature_dim)
         if not detector.detector_words:  # no person detector: no person rule either
-            settings = {**settings, "person_threshold": 0.0}
+            settings = replace(settings, person_threshold=0.0)
         self.concept_detector = detector.to(self.device).eval()
-        self.concept_min_score = float(settings.get("min_score", 0.1))
-        self.person_threshold = float(settings.get("person_threshold", 0.5))
-        self.tag_threshold = float(settings.get("tag_threshold", TAG_THRESHOLD))
+        self.concept_min_score = settings.min_score
+        self.person_threshold = settings.person_threshold
+        self.tag_threshold = settings.tag_threshold
         self.concept_word_ids = concept_word_ids(detector.words, self.vocabulary).to(self.device)  # (W, L)
         self.concept_sources = torch.tensor(detector.sources, device=self.device)  # (W,)
         self.rules = DecodingRules(self.vocabulary, self.concept_detector, settings, self.subject_settings, self.person_threshold, self.device)
@@ -149,8 +175,8 @@ class Captioner:
             raise CaptionerError(f"{path} is an ONNX export folder; load it with backend 'onnxruntime' (--backend onnxruntime)")
         device = resolve_device(device)
         decoder, vocabulary, config = load_model(path, device)
-        encoder = encoder_on(create_encoder(config["encoder"]), device)
-        detector = load_concept_detector(path, config, encoder) if "concepts" in config else None
+        encoder = encoder_on(create_encoder(config.encoder), device)
+        detector = load_concept_detector(path, config, encoder) if config.concepts is not None else None
         return cls(encoder, decoder, vocabulary, config, Path(path), device, concept_detector=detector)
 
     @classmethod
@@ -174,7 +200,9 @@ class Captioner:
 
     @property
     def name(self) -> str:
-        return self.config.get("name", self.path.name if self.path else "captioner")
+        if self.config.name is not None:
+            return self.config.name
+        return self.path.name if self.path else "captioner"
 
     @property
     def metrics(self) -> dict:
@@ -230,13 +258,14 @@ class Captioner:
         return Conditioning(features, decided.banned, decided.bias, tags, decided.subjects, decided.banned_phrases)
 
     def generate(
-        self, features: Features, beam_size: int = 3, num_captions: int = 1, sampling: bool = False,
+        self, features: Features, beam_size: int | None = None, num_captions: int = 1, sampling: bool = False,
         temperature: float = 1.0, top_p: float = 0.9, seed: int | None = None, style: str = PLAIN, neutral: bool = False,
     ) -> list[list[Caption]]:
         """Features -> an n-best list of captions per image, best first, each with the image's tags.
-        A `num_captions` above `beam_size` widens the beam to it. Captions are written in `style`
+        `beam_size` None: the model's own (3 for the shipped model); a `num_captions` above it
+        widens the beam to it. Captions are written in `style`
         (plain here, as metrics score them; `caption` defaults to sentences), gender-neutral if `neutral`."""
-        beam_size = decoding_beam(beam_size, num_captions, sampling)
+        beam_size = decoding_beam(self.beam(beam_size), num_captions, sampling)
         check_style(style)
         with one_cpu_thread(self.device):
             results = self._generate(features, beam_size, num_captions, sampling, temperature, top_p, seed)
@@ -271,20 +300,21 @@ class Captioner:
         return Caption(text, score, tags, confidence)
 
     def caption(
-        self, images: ImageSource | Iterable[ImageSource], beam_size: int = 3, num_captions: int = 1, batch_size: int = 8,
+        self, images: ImageSource | Iterable[ImageSource], beam_size: int | None = None, num_captions: int = 1, batch_size: int = 8,
         style: str = SENTENCE, neutral: bool = False, **generate_options,
     ) -> CaptionResult | list[CaptionResult] | Iterator[CaptionResult]:
         """Caption one image, or each image of a list or any other iterable.
 
         One image in, one result out: a `Caption`, or with `num_captions` > 1 its n-best list, best
-        first (a `num_captions` above `beam_size` widens the beam). A list or tuple in, a list of
+        first (`beam_size` None is the model's own beam, its config's `decoding.beam_size`; a
+        `num_captions` above `beam_size` widens the beam). A list or tuple in, a list of
         results out, in order; any other iterable (a generator) in, an iterator of results out,
         read and captioned `batch_size` images at a time as it is consumed. An image is a path, an
         http(s) URL, bytes, a binary file object, a PIL image or a NumPy array. `style`: "sentence"
         ("A cat sitting on a bed.") or "plain" ("a cat sitting on a bed"); `neutral`: person words
         without gender ("a person", "a child", "people").
         """
-        decoding_beam(beam_size, num_captions, generate_options.get("sampling", False))  # bad options fail before any image is read
+        decoding_beam(self.beam(beam_size), num_captions, generate_options.get("sampling", False))  # bad options fail before any image is read
         check_style(style)
         options = dict(beam_size=beam_size, num_captions=num_captions, style=style, neutral=neutral, **generate_options)
         if is_one_image(images):
@@ -306,7 +336,7 @@ class Captioner:
                 yield captions[0] if one_each else captions
 
 
-    def explain(self, image: ImageSource, beam_size: int = 3, style: str = SENTENCE, neutral: bool = False) -> Explanation:
+    def explain(self, image: ImageSource, beam_size: int | None = None, style: str = SENTENCE, neutral: bool = False) -> Explanation:
         """The best caption of one image and, per word, where the decoder looked when it wrote it
         (`Explanation.maps`, (words, rows, columns) over the encoder grid; see `explain.py`).
         Needs an attention or transformer decoder on the pytorch backend."""
@@ -315,13 +345,14 @@ class Captioner:
         return self.explain_batch([read_image(image)], beam_size, 1, style, neutral)[1][0]
 
     def explain_batch(
-        self, images: Sequence[Image.Image], beam_size: int = 3, num_captions: int = 1, style: str = PLAIN, neutral: bool = False,
+        self, images: Sequence[Image.Image], beam_size: int | None = None, num_captions: int = 1, style: str = PLAIN, neutral: bool = False,
     ) -> tuple[list[list[Caption]], list[Explanation]]:
         """Upright RGB photos -> their n-best captions, as `generate` gives them (in `style`,
         gender-neutral if `neutral`), and the explanation of each photo's best caption, from one search."""
         check_explainable(self.decoder)
-        if not 1 <= num_captions <= beam_size <= 20:
-            raise CaptionerError(f"explain needs 1 <= number of captions <= beam size <= 20, got {num_captions} and {beam_size}")
+        beam_size = self.beam(beam_size)
+        if not 1 <= num_captions <= beam_size <= MAX_BEAM:
+            raise CaptionerError(f"explain needs 1 <= number of captions <= beam size <= {MAX_BEAM}, got {num_captions} and {beam_size}")
         features = self.encode_pixels(torch.stack([preprocess(image, self.preprocess_config) for image in images]))
         with one_cpu_thread(self.device):
             given, results = self._search(features, beam_size, num_captions)

@@ -10,7 +10,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .cli_arguments import MAX_BEAM
+from .config_checks import MAX_BEAM
 from .errors import CaptionerError
 
 FEW_PHOTOS = 5  # more than this, and a terminal gets a progress bar

@@ -97,9 +97,9 @@ def evaluate_labelled(args: argparse.Namespace) -> int:
     """`evaluate` on a labelled photo folder (images/ + labels.json): does the caption name the photo?"""
     from .labelled_photos import evaluate_labelled_folder
 
-    if len(args.beam_size) != 1:
+    if args.beam_size is not None and len(args.beam_size) != 1:
         raise CaptionerError("a labelled photo folder is captioned with one beam size; pass one --beam-size")
-    report = evaluate_labelled_folder(args.model, args.dataset, args.beam_size[0], args.output, args.force, args.limit, device=args.device, progress=not args.quiet)
+    report = evaluate_labelled_folder(args.model, args.dataset, args.beam_size and args.beam_size[0], args.output, args.force, args.limit, device=args.device, progress=not args.quiet)
     print(f"{report['photos']} photos, beam {report['beam_size']}:")
     for key, value in report.items():
         if key not in ("model", "folder", "beam_size", "photos", "output"):
@@ -164,7 +164,7 @@ def _caption_arguments(commands) -> None:
     caption = commands.add_parser("caption", help="caption image files and folders")
     caption.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or http(s) URLs")
     caption.add_argument("--model", help="model folder (default: the shipped model)")
-    caption.add_argument("--beam-size", type=BEAM, default=3)
+    caption.add_argument("--beam-size", type=BEAM, help="default: the model's own (decoding.beam_size in its config.json; 3 for the shipped model); 1 = greedy")
     caption.add_argument("--num-captions", type=COUNT, default=1, help="captions per image (n-best list, each with its rank and score); more than --beam-size widens the beam")
     caption.add_argument("--json", action="store_true", help="one JSON object per line with scores and tags")
     caption.add_argument("--plain", action="store_true", help="captions as the model writes them ('a cat on a bed'), not as sentences ('A cat on a bed.')")
@@ -218,7 +218,7 @@ def _evaluate_arguments(commands) -> None:
     evaluate.add_argument("--dataset", required=True)
     evaluate.add_argument("--images")
     evaluate.add_argument("--split", default=None, choices=["train", "dev", "test"], help="default: test, or dev when the dataset has no test images")
-    evaluate.add_argument("--beam-size", type=BEAM, nargs="+", default=[3], help="one or more beam sizes (1 = greedy)")
+    evaluate.add_argument("--beam-size", type=BEAM, nargs="+", help="one or more beam sizes (1 = greedy; default: the model's own)")
     evaluate.add_argument("--output", help="report folder (default runs/eval/MODEL-SPLIT)")
     evaluate.add_argument("--cache", default="cache")
     evaluate.add_argument("--limit", type=ZERO_OR_MORE, default=0, help="first N images of the split only")

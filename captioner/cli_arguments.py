@@ -6,7 +6,7 @@ import argparse
 import math
 import re
 
-from .config_checks import AT_LEAST_ONE, NOT_NEGATIVE, POSITIVE, Limit
+from .config_checks import AT_LEAST_ONE, BEAM_SIZES, MAX_BEAM, NOT_NEGATIVE, POSITIVE, Limit
 
 
 def bounded_number(kind, limit: Limit, what: str):
@@ -43,10 +43,7 @@ FINITE_NUMBER = bounded_number(float, Limit(), "a finite number")
 TOP_P = bounded_number(float, Limit(0, 1, low_open=True), "a number > 0 and <= 1")
 
 
-MAX_BEAM = 20  # as captioner.api.MAX_BEAM, without importing torch to parse arguments
-
-
-BEAM = bounded_number(int, Limit(1, MAX_BEAM), f"a whole number from 1 to {MAX_BEAM}")
+BEAM = bounded_number(int, BEAM_SIZES, f"a whole number from 1 to {MAX_BEAM}")
 
 
 PORT = bounded_number(int, Limit(1, 65535), "a port number from 1 to 65535")

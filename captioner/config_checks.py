@@ -43,6 +43,8 @@ AT_LEAST_ONE = Limit(1)
 NOT_NEGATIVE = Limit(0)
 PROBABILITY = Limit(0, 1)
 FRACTION_BELOW_ONE = Limit(0, 1, high_open=True)
+MAX_BEAM = 20  # the widest beam search, everywhere but the server (server/schemas.MAX_BEAM_SIZE: fewer, to bound its memory)
+BEAM_SIZES = Limit(1, MAX_BEAM)
 
 
 def _type_name(kind) -> str:
@@ -71,21 +73,22 @@ def check_value(value, kind, limit: Limit | None, name: str):
     return float(value) if kind is float else value
 
 
-def check_fields(config_class, data, limits: dict[str, Limit], where: str, nested: tuple[str, ...] = ()) -> dict:
+def check_fields(config_class, data, limits: dict[str, Limit], where: str, nested: tuple[str, ...] = (), section: str | None = None) -> dict:
     """Check `data` (a JSON object) against the dataclass's fields: unknown keys, types, limits.
 
     Fields named in `nested` are left for the caller (they hold another config). Returns a copy
-    with floats normalised; `where` (a file name or "training config") starts every message.
+    with floats normalised; `where` (a file name or "training config") starts every message, and
+    a `section` of it names fields as `section.field`.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a JSON object of settings, not {type(data).__name__}")
+        raise ConfigError(f"{where}: {section} must be an object, not {data!r}" if section else f"{where}: must be a JSON object of settings, not {type(data).__name__}")
     known = {field.name: field for field in fields(config_class)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"{where}: unknown settings {', '.join(unknown)}; known: {', '.join(known)}")
+        raise ConfigError(f"{where}: {section + ': ' if section else ''}unknown settings {', '.join(unknown)}; known: {', '.join(known)}")
     hints = typing.get_type_hints(config_class)
     checked = dict(data)
     for key, value in data.items():
         if key not in nested:
-            checked[key] = check_value(value, hints[key], limits.get(key), f"{where}: {key}")
+            checked[key] = check_value(value, hints[key], limits.get(key), f"{where}: {section}.{key}" if section else f"{where}: {key}")
     return checked

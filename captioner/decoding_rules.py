@@ -27,6 +27,7 @@ from .lexicon import coco_categories, object_words
 from .colour import COLOUR_SATURATION
 from .concepts import PERSON_WORDS, SOURCE_IMAGENET, WORN_WORDS, ConceptDetector, animal_words, singular
 from .decoders import Features
+from .model_config import ConceptSettings
 from .subject import Subject, SubjectRule, SubjectSettings
 from .vocabulary import Vocabulary
 
@@ -188,15 +189,15 @@ class SubjectConstraint:
 class DecodingRules:
     """A model's rules, run in order on a batch's evidence."""
 
-    def __init__(self, vocabulary: Vocabulary, detector: ConceptDetector, concepts: dict, subject: SubjectSettings, person_threshold: float, device):
-        trace = float(concepts.get("guard_floor", 0.02))
-        self.guard = GuardRule(vocabulary, detector, concepts.get("guarded_words", []), trace, device)
+    def __init__(self, vocabulary: Vocabulary, detector: ConceptDetector, concepts: ConceptSettings, subject: SubjectSettings, person_threshold: float, device):
+        trace = concepts.guard_floor
+        self.guard = GuardRule(vocabulary, detector, list(concepts.guarded_words), trace, device)
         self.subject = SubjectConstraint(SubjectRule(detector.table, vocabulary, subject), person_threshold > 0)
         self.rules: list[Rule] = [
             PersonRule(vocabulary, device),
             self.guard,
-            AnimalRule(vocabulary, detector, float(concepts.get("animal_floor", 0.0)), trace, device),
-            ObjectPenalty(vocabulary, detector, float(concepts.get("object_penalty", 0.0)), trace, device),
+            AnimalRule(vocabulary, detector, concepts.animal_floor, trace, device),
+            ObjectPenalty(vocabulary, detector, concepts.object_penalty, trace, device),
             ColourRule(vocabulary, detector),
             self.subject,  # last: it never requires a word another rule bans
         ]

@@ -150,13 +150,14 @@ def tag_precision_recall(tags: dict[str, list[str]], references: dict[str, list[
 
 
 def evaluate_model(
-    model: str | None, dataset_path: str, images: str | None = None, split: str | None = None, beam_sizes: list[int] = (3,),
+    model: str | None, dataset_path: str, images: str | None = None, split: str | None = None, beam_sizes: list[int] | None = None,
     output: str | None = None, cache: str = "cache", force: bool = False, limit: int = 0, save_metrics: bool = False, progress: bool = True,
     length_penalty: float | None = None, no_repeat_ngram_size: int | None = None, device: str | None = None,
 ) -> dict:
     """Caption a dataset split from cached features and score it; writes report.json and captions.json.
 
-    `split` defaults to test, or dev when the dataset has no test images (a COCO dev folder).
+    `split` defaults to test, or dev when the dataset has no test images (a COCO dev folder);
+    `beam_sizes` to the model's own beam; `length_penalty` and `no_repeat_ngram_size` to the model's.
     """
     from pathlib import Path
 
@@ -168,10 +169,9 @@ def evaluate_model(
 
     require_scorer()  # before any work: scoring is the last step
     captioner = Captioner.load(model, device) if model else Captioner.from_pretrained(device=device)
-    if length_penalty is not None:
-        captioner.length_penalty = length_penalty
-    if no_repeat_ngram_size is not None:
-        captioner.no_repeat_ngram_size = no_repeat_ngram_size
+    decoding = {key: value for key, value in (("length_penalty", length_penalty), ("no_repeat_ngram_size", no_repeat_ngram_size)) if value is not None}
+    if decoding:
+        captioner = captioner.with_config(captioner.config.with_decoding(**decoding))
     dataset = load_dataset(dataset_path, images)
     split_chosen_by = "request"
     if split is None:
@@ -184,7 +184,7 @@ def evaluate_model(
     out = Path(output) if output else Path("runs") / "eval" / f"{captioner.name}-{dataset.name}-{split}"
     if out.exists() and any(out.iterdir()) and not force:
         raise CaptionerError(f"{out} already exists; pass --force to overwrite it or --output for another folder")
-    cache_store = feature_cache(dataset, captioner.config["encoder"], cache, [record.image for record in records], encoder=captioner.encoder, progress=progress, device=captioner.device)
+    cache_store = feature_cache(dataset, captioner.config.encoder, cache, [record.image for record in records], encoder=captioner.encoder, progress=progress, device=captioner.device)
     records, unreadable = records_with_features(records, cache_store)
     if unreadable:
         print(f"captioner: unreadable photos left out: {len(unreadable)} (listed in {cache_store.folder / 'unreadable.txt'})", file=sys.stderr)
@@ -195,7 +195,7 @@ def evaluate_model(
     true_objects = ground_truth(records)  # labelled objects + those the references name, for CHAIR
     results, captions = {}, {key: {"references": references[key]} for key in keys}
     saturations = photo_saturations(captioner, dataset, records)  # read once, for every beam size
-    for beam_size in beam_sizes:
+    for beam_size in beam_sizes or [captioner.default_beam_size]:
         started = time.time()
         hypotheses, tags = caption_split(captioner, cache_store, records, saturations, beam_size, progress=progress)
         label = "greedy" if beam_size == 1 else f"beam {beam_size}"

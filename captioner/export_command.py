@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import CaptionerError
@@ -25,31 +26,27 @@ def command_export(args: argparse.Namespace) -> int:
     from .encoders import create_encoder
 
     decoder, vocabulary, config = load_model(args.model)
-    config = {key: value for key, value in config.items() if key not in ("format_version", "decoder")}
-    if args.name:
-        config["name"] = args.name
-    if args.length_penalty is not None:
-        config.setdefault("decoding", {})["length_penalty"] = args.length_penalty
-    if args.no_repeat_ngram_size is not None:
-        config.setdefault("decoding", {})["no_repeat_ngram_size"] = args.no_repeat_ngram_size
+    decoding = {key: getattr(args, key) for key in ("length_penalty", "no_repeat_ngram_size") if getattr(args, key) is not None}
+    config = replace(config, name=args.name or config.name, decoding=replace(config.decoding, **decoding))
     concepts_source = args.model
     if args.concepts_from:  # another run's detectors, person rule and guarded words for this decoder
-        if "concepts" in config:
+        if config.concepts is not None:
             raise CaptionerError(f"{args.model} already has concepts; --concepts-from is for models without them")
         source = read_config(args.concepts_from)
-        if "concepts" not in source:
+        if source.concepts is None:
             raise CaptionerError(f"{args.concepts_from} has no concepts; pass a model trained with a concepts config")
         for key in ("encoder", "preprocess"):
-            if source.get(key) != config.get(key):
-                raise CaptionerError(f"{args.concepts_from} was trained with another {key} ({source.get(key)} vs {config.get(key)}); its concepts do not fit")
-        load_concept_detector(args.concepts_from, source, create_encoder(source["encoder"]))  # refuse a broken file before writing
-        config["concepts"], concepts_source = source["concepts"], args.concepts_from
-    for key, most in (("person_threshold", 1.0), ("tag_threshold", 1.0), ("animal_floor", 1.0), ("object_penalty", 100.0)):
-        value = getattr(args, key)
-        if value is not None:
-            if "concepts" not in config or not 0 <= value <= most:
-                raise CaptionerError(f"--{key.replace('_', '-')} needs a model with concepts and a value between 0 and {most:g}")
-            config["concepts"][key] = value
+            if getattr(source, key) != getattr(config, key):
+                raise CaptionerError(f"{args.concepts_from} was trained with another {key} ({getattr(source, key)} vs {getattr(config, key)}); its concepts do not fit")
+        load_concept_detector(args.concepts_from, source, create_encoder(source.encoder))  # refuse a broken file before writing
+        config, concepts_source = replace(config, concepts=source.concepts), args.concepts_from
+    thresholds = {key: getattr(args, key) for key in ("person_threshold", "tag_threshold", "animal_floor", "object_penalty") if getattr(args, key) is not None}
+    for key, value in thresholds.items():
+        most = 100.0 if key == "object_penalty" else 1.0
+        if config.concepts is None or not 0 <= value <= most:
+            raise CaptionerError(f"--{key.replace('_', '-')} needs a model with concepts and a value between 0 and {most:g}")
+    if thresholds:
+        config = replace(config, concepts=replace(config.concepts, **thresholds))
     calibration = _calibration_to_copy(args, output)
     save_model(output, decoder, vocabulary, config, dtype=torch.float16 if args.fp16 else None)
     copy_concepts(concepts_source, output, dtype=torch.float16 if args.fp16 else None)

@@ -111,7 +111,7 @@ def summarise(results: list[dict]) -> dict:
 
 
 def evaluate_labelled_folder(
-    model: str | None, folder: str | Path, beam_size: int = 3, output: str | None = None, force: bool = False,
+    model: str | None, folder: str | Path, beam_size: int | None = None, output: str | None = None, force: bool = False,
     limit: int = 0, batch_size: int = 8, device: str | None = None, progress: bool = True,
 ) -> dict:
     """Caption every photo of a labelled folder and report the figures; writes report.json and
@@ -139,7 +139,7 @@ def evaluate_labelled_folder(
             print(f"\r{min(start + batch_size, len(photos))}/{len(photos)} photos", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
-    report = {"model": captioner.name, "folder": str(folder), "beam_size": beam_size, **summarise(list(results.values()))}
+    report = {"model": captioner.name, "folder": str(folder), "beam_size": captioner.beam(beam_size), **summarise(list(results.values()))}
     atomic_write_json(out / "report.json", report)
     atomic_write_json(out / "photos.json", results)
     report["output"] = str(out)

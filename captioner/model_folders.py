@@ -54,11 +54,8 @@ def check_save_target(path: Path, source: Path | None) -> None:
 
 
 def _write_model_folder(captioner, folder: Path, dtype: torch.dtype | None) -> None:
-    config = {key: value for key, value in captioner.config.items() if key not in ("format_version", "decoder")}
-    # Decoding settings changed on the object (`captioner.length_penalty = ...`) are part of the model saved
-    config["decoding"] = {**config.get("decoding", {}), "length_penalty": captioner.length_penalty, "no_repeat_ngram_size": captioner.no_repeat_ngram_size}
-    detector = captioner.concept_detector if "concepts" in config else None
-    save_model(folder, captioner.decoder, captioner.vocabulary, config, dtype=dtype or _stored_dtype(captioner.path), concept_detector=detector)
+    detector = captioner.concept_detector if captioner.config.concepts is not None else None
+    save_model(folder, captioner.decoder, captioner.vocabulary, captioner.config, dtype=dtype or _stored_dtype(captioner.path), concept_detector=detector)
     if captioner.path is not None:  # what else the model folder says about the model: metrics.json and the like
         for extra in sorted(Path(captioner.path).glob("*.json")):
             if extra.name not in (CONFIG, VOCABULARY, MANIFEST) and extra.is_file():

@@ -21,12 +21,11 @@ from torch import nn
 
 from .checkpoint import CONCEPTS, CONFIG, PERSON_BY_CLASS, VOCABULARY, read_model_config
 from .concepts import MAX_CONCEPT_WORDS, SOURCE_PAD, ConceptDetector, ConceptTable, Concepts
-from .config_checks import ConfigError
 from .decoders import DecoderConfig, Features, State, image_blocks
 from .devices import DEVICE_ENVIRONMENT_VARIABLE, resolve_device
-from .encoders import PreprocessConfig
 from .errors import CaptionerError, CheckpointError
 from .json_files import read_json
+from .model_config import ModelConfig
 from .onnx_checks import check_graphs
 from .onnx_encoder import OnnxRuntimeEncoder, onnx_session
 from .onnx_export import (
@@ -170,18 +169,10 @@ def _session(model: bytes | Path, where: Path | str):
         raise CheckpointError(f"{where}: not a readable ONNX graph ({str(error).splitlines()[0][:200]}); export the model again") from None
 
 
-def _detector_words(config: dict, where: Path) -> list[str]:
-    settings = config.get("concepts") or {}
-    words = settings.get("detector_words", [])
-    if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
-        raise CheckpointError(f"{where / CONFIG}: concepts.detector_words must be a list of words; export the model again")
-    return words
-
-
-def _concept_detector(sessions: dict, files: dict[str, bytes | Path], config: dict, feature_dim: int, where: Path) -> ConceptDetector:
+def _concept_detector(sessions: dict, files: dict[str, bytes | Path], config: ModelConfig, feature_dim: int, where: Path) -> ConceptDetector:
     """A `ConceptDetector` whose ImageNet head and word detectors run the exported graphs."""
-    settings = config.get("concepts") or {}
-    detector = ConceptDetector(ConceptTable.load(), OnnxNetwork(sessions[IMAGENET_HEAD]), _detector_words(config, where), feature_dim, int(settings.get("hidden_dim", 256)))
+    settings = config.concept_settings
+    detector = ConceptDetector(ConceptTable.load(), OnnxNetwork(sessions[IMAGENET_HEAD]), list(settings.detector_words), feature_dim, settings.hidden_dim)
     if detector.detector is not None:
         detector.detector = OnnxWordDetector(sessions[WORD_DETECTORS])
     if CONCEPTS in files:
@@ -196,14 +187,13 @@ def _concept_detector(sessions: dict, files: dict[str, bytes | Path], config: di
     return detector.eval()
 
 
-def _captioner(captioner_class, files: dict[str, bytes | Path], per_image: list[str], encoder, vocabulary: Vocabulary, decoder_config: DecoderConfig, config: dict, path: Path | None):
+def _captioner(captioner_class, files: dict[str, bytes | Path], per_image: list[str], encoder, vocabulary: Vocabulary, decoder_config: DecoderConfig, config: ModelConfig, path: Path | None):
     """A `Captioner` whose decoder and concept detector run `files` (name -> bytes or a file) in
     ONNX Runtime, every graph checked against the config first."""
     where = path or Path("in-memory export")
     sessions = {name: _session(data, where / name) for name, data in files.items() if name.endswith(".onnx") and name != ENCODER}
     sessions[ENCODER] = encoder.session
-    preprocess = PreprocessConfig(**config.get("preprocess", {}))
-    check_graphs(sessions, preprocess, decoder_config, len(_detector_words(config, where)), per_image, where)
+    check_graphs(sessions, config.preprocess, decoder_config, len(config.concept_settings.detector_words), per_image, where)
     decoder = OnnxDecoder(decoder_config, sessions[DECODER_PREPARE], sessions[DECODER_STEP], per_image)
     detector = _concept_detector(sessions, files, config, decoder_config.feature_dim, where)
     return captioner_class(encoder, decoder, vocabulary, config, path, torch.device("cpu"), concept_detector=detector)
@@ -250,17 +240,15 @@ def load_export_folder(captioner_class, folder: Path):
     """A captioner from an export folder; needs neither the PyTorch weights nor the encoder package."""
     manifest, files = read_export(folder)
     config = read_model_config(folder / CONFIG, "export the model again with this captioner (captioner export --onnx)")
+    decoder_config = config.decoder
     try:
         vocabulary = Vocabulary.load(folder / VOCABULARY)
-        decoder_config = DecoderConfig.from_dict(config["decoder"], f"{folder / CONFIG}: decoder")
-    except ConfigError as error:
-        raise CheckpointError(str(error)) from None
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{folder / VOCABULARY}: not a vocabulary file ({error}); {EXPORT_AGAIN}") from None
     if decoder_config.vocab_size != len(vocabulary):
         raise CheckpointError(f"{folder}: decoder expects {decoder_config.vocab_size} words but vocabulary has {len(vocabulary)}; {EXPORT_AGAIN}")
     side = math.isqrt(decoder_config.grid_size)
-    encoder = OnnxRuntimeEncoder(config["encoder"], None, decoder_config.feature_dim, side, PreprocessConfig(**config.get("preprocess", {})), _session(files[ENCODER], folder / ENCODER))
+    encoder = OnnxRuntimeEncoder(config.encoder, None, decoder_config.feature_dim, side, config.preprocess, _session(files[ENCODER], folder / ENCODER))
     return _captioner(captioner_class, files, manifest["decoder"]["per_image_state"], encoder, vocabulary, decoder_config, config, folder)
 
 

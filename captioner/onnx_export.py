@@ -242,7 +242,7 @@ def export_files(captioner) -> tuple[dict[str, bytes], dict]:
     graphs = decoder_graphs(captioner.decoder)
     files = {ENCODER: encoder_graph(encoder), DECODER_PREPARE: graphs.prepare, DECODER_STEP: graphs.step}
     files.update(concept_files(captioner.concept_detector, encoder.feature_dim, encoder.grid_size**2))
-    files[CONFIG] = (json.dumps(captioner.config, indent=2) + "\n").encode("utf-8")
+    files[CONFIG] = (json.dumps(captioner.config.to_dict(), indent=2) + "\n").encode("utf-8")
     files[VOCABULARY] = (json.dumps(captioner.vocabulary.to_dict(), indent=2) + "\n").encode("utf-8")
     metrics = read_metrics(captioner.path) if captioner.path else {}
     if metrics:

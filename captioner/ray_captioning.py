@@ -89,7 +89,7 @@ def read_model(model: str | None) -> tuple[PreprocessConfig, bool]:
 
     folder = Path(model) if model else pretrained_path()
     captioner = Captioner.load(folder, "cpu")
-    return PreprocessConfig(**captioner.config.get("preprocess", {})), is_onnx_export(folder)
+    return captioner.config.preprocess, is_onnx_export(folder)
 
 
 def cpu_for_onnx_export(device: str) -> str:

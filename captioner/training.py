@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -38,6 +38,7 @@ from .errors import CaptionerError
 from .evaluation import caption_split, photo_saturations, require_scorer, score_captions
 from .extras import require
 from .features import FeatureCache, feature_cache, records_with_features
+from .model_config import ConceptSettings, ModelConfig
 from .run_folder import PendingRun, check_output_folder
 from .training_batches import Batch, BatchPlan, CaptionPlan, ConceptPlan, PhotoFeatures, SelfCriticalPlan
 from .training_config import TrainingConfig
@@ -124,8 +125,8 @@ def _check_and_train(config: TrainingConfig, resume: bool, force: bool, progress
     # A resumed run keeps its own vocabulary and decoder shape, whatever the data says now.
     start_from = output / "last" if resume else config.init_from
     initial = load_model(start_from, device) if start_from else None
-    if initial is not None and initial[2]["encoder"] != config.encoder:
-        raise CaptionerError(f"{start_from} was trained on {initial[2]['encoder']} features, not {config.encoder}; set encoder to match")
+    if initial is not None and initial[2].encoder != config.encoder:
+        raise CaptionerError(f"{start_from} was trained on {initial[2].encoder} features, not {config.encoder}; set encoder to match")
     group.barrier()  # every process has checked everything before rank 0 writes
     pending = PendingRun(output)
     if not resume and group.is_main:
@@ -154,7 +155,7 @@ class Checkpoints(NamedTuple):
 
     output: Path
     vocabulary: Vocabulary
-    model_config: dict  # config.json, less the decoder's shape (`save_model` adds it)
+    model_config: ModelConfig  # config.json (`save_model` gives it the decoder's shape)
     concept_detector: ConceptDetector | None  # a concept model's word detectors, saved beside its weights
     pending: PendingRun  # the run this one replaces, kept until the first checkpoint is written
 
@@ -291,7 +292,8 @@ def _save_epoch(run: Run, progress: Progress, improved: bool, random_states: lis
     saved, config, entry = run.checkpoints, run.config, progress.history[-1]
     if improved:
         dev = {"epoch": entry["epoch"], "BLEU-4": entry["dev_bleu4"], "CIDEr": entry["dev_cider"], "beam_size": config.dev_beam_size}
-        save_model(saved.output / "best", run.decoder, saved.vocabulary, {**saved.model_config, "dev": dev}, concept_detector=saved.concept_detector)
+        best_config = replace(saved.model_config, metadata={**saved.model_config.metadata, "dev": dev})
+        save_model(saved.output / "best", run.decoder, saved.vocabulary, best_config, concept_detector=saved.concept_detector)
     save_model(saved.output / "last", run.decoder, saved.vocabulary, saved.model_config, concept_detector=saved.concept_detector)
     grad_scaler = {"grad_scaler": run.scaler.state_dict()} if run.scaler.is_enabled() else {}
     save_training_state(saved.output / "last", run.optimizer, {**progress.to_dict(), **grad_scaler}, random_states)
@@ -382,24 +384,21 @@ def _training_captions(config: TrainingConfig, train_records: list, text_files: 
     return train_captions, text_files
 
 
-def _model_config(config: TrainingConfig, dataset_name: str, encoder, images: int, captions: int, decoder_config: DecoderConfig, concept_setup: ConceptSetup | None) -> dict:
-    """The saved model's config.json, less the decoder's shape (`save_model` adds it)."""
-    model_config = {
-        "name": config.name or f"{dataset_name}-{decoder_config.kind}-{config.encoder}",
-        "encoder": config.encoder,
-        "preprocess": encoder.preprocess_config.to_dict(),
-        "decoding": {"beam_size": 3, "length_penalty": 1.0, "no_repeat_ngram_size": 3},
-        "training": {"dataset": dataset_name, "images": images, "captions": captions},
-    }
+def _model_config(config: TrainingConfig, dataset_name: str, encoder, images: int, captions: int, decoder_config: DecoderConfig, concept_setup: ConceptSetup | None) -> ModelConfig:
+    """The saved model's config.json; decoding, subject and tag settings at their defaults."""
+    concepts = None
     if concept_setup is not None:
-        model_config["concepts"] = {
-            "table_digest": concept_setup.detector.table.digest, "detector_words": concept_setup.detector.detector_words,
-            "hidden_dim": concept_setup.detector.detector.hidden.out_features,
-            "min_score": config.concept_min_score, "person_threshold": config.person_threshold,
-            "guarded_words": concept_setup.report["guarded_words"], "guard_floor": concept_setup.report["guard_floor"],
-            "animal_floor": concept_setup.report["animal_floor"], "object_penalty": config.object_penalty,
-        }
-    return model_config
+        concepts = ConceptSettings(
+            table_digest=concept_setup.detector.table.digest, detector_words=list(concept_setup.detector.detector_words),
+            hidden_dim=concept_setup.detector.detector.hidden.out_features,
+            min_score=config.concept_min_score, person_threshold=config.person_threshold,
+            guarded_words=list(concept_setup.report["guarded_words"]), guard_floor=concept_setup.report["guard_floor"],
+            animal_floor=concept_setup.report["animal_floor"], object_penalty=config.object_penalty,
+        )
+    return ModelConfig(
+        name=config.name or f"{dataset_name}-{decoder_config.kind}-{config.encoder}", encoder=config.encoder, decoder=decoder_config,
+        preprocess=encoder.preprocess_config, concepts=concepts, metadata={"training": {"dataset": dataset_name, "images": images, "captions": captions}},
+    )
 
 
 def _resumed_progress(config: TrainingConfig, saved_state: tuple, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, group: ProcessGroup, device: torch.device, total_steps: int, log) -> Progress:

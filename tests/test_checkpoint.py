@@ -22,7 +22,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, kind):
     features = random_features(1)
     with torch.no_grad():
         assert torch.equal(decoder(features, tokens), loaded(features, tokens))
-    assert vocabulary == VOCABULARY and config["name"] == "tiny" and config["decoder"]["kind"] == kind
+    assert vocabulary == VOCABULARY and config.name == "tiny" and config.decoder.kind == kind
     assert not [p for p in (tmp_path / "m").iterdir() if p.name.endswith(".tmp")]
 
 

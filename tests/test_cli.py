@@ -211,7 +211,7 @@ def test_export_gives_a_model_the_concepts_of_another(tmp_path, encoder):
     detector = ConceptDetector(ConceptTable.load(), imagenet_head(encoder), words, 1280, hidden_dim=16).eval()
     detector.person_by_class = torch.full((1000,), 0.1)
     concepts = {"detector_words": words, "hidden_dim": 16, "min_score": 0.3, "person_threshold": 0.5, "guarded_words": ["dog"], "guard_floor": 0.02}
-    config = {"name": "donor", "encoder": shipped["encoder"], "preprocess": shipped["preprocess"], "decoding": {}, "concepts": concepts}
+    config = {"name": "donor", "encoder": shipped.encoder, "preprocess": shipped.preprocess.to_dict(), "decoding": {}, "concepts": concepts}
     save_model(tmp_path / "donor", tiny_decoder("transformer", max_concepts=3, feature_dim=1280, grid_size=49), Vocabulary(["dog"]), config, concept_detector=detector)
 
     plain_config = {key: value for key, value in config.items() if key != "concepts"}
@@ -222,7 +222,7 @@ def test_export_gives_a_model_the_concepts_of_another(tmp_path, encoder):
     assert result.returncode == 0, result.stderr
     captioner = Captioner.load(tmp_path / "out")
     stoi = captioner.vocabulary.stoi
-    assert captioner.config["concepts"]["guarded_words"] == ["dog"]
+    assert captioner.config.concepts.guarded_words == ["dog"]
     assert {stoi["dog"], stoi["dogs"], stoi["puppy"]} <= set(captioner.guard_tokens.tolist())
     assert torch.equal(captioner.concept_detector.person_by_class, detector.person_by_class)
     twice = run("export", "--model", str(tmp_path / "out"), "--output", str(tmp_path / "again"), "--concepts-from", str(tmp_path / "donor"))

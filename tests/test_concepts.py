@@ -224,11 +224,14 @@ def test_guarded_words_are_those_imagenet_finds_reliably():
 
 
 def test_a_guarded_word_is_banned_where_imagenet_does_not_see_it(shipped_captioner, example_photos):
-    from captioner.api import Captioner
+    from dataclasses import replace
 
-    captioner = Captioner(shipped_captioner.encoder, shipped_captioner.decoder, shipped_captioner.vocabulary, shipped_captioner.config)
-    detector = ConceptDetector(ConceptTable.load(), imagenet_head(captioner.encoder), [], 1280)
-    captioner._set_concepts({"guarded_words": ["dog", "cat"], "guard_floor": 0.02, "person_threshold": 0.0}, detector)
+    from captioner.api import Captioner
+    from captioner.model_config import ConceptSettings
+
+    config = replace(shipped_captioner.config, concepts=ConceptSettings(guarded_words=["dog", "cat"], guard_floor=0.02, person_threshold=0.0))
+    detector = ConceptDetector(ConceptTable.load(), imagenet_head(shipped_captioner.encoder), [], 1280)
+    captioner = Captioner(shipped_captioner.encoder, shipped_captioner.decoder, shipped_captioner.vocabulary, config, concept_detector=detector)
     photos = {path.stem: path for path in example_photos}
     banned = captioner.conditioning(captioner.encode([photos["chelsea"], photos["coffee"]])).banned
     stoi = captioner.vocabulary.stoi

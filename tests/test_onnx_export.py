@@ -70,7 +70,7 @@ def test_an_export_folder_captions_as_the_whole_pytorch_model_does(onnx_captione
     from captioner.onnx_encoder import OnnxRuntimeEncoder
 
     on_pytorch = Captioner.from_pretrained()
-    on_pytorch.encoder = create_encoder(on_pytorch.config["encoder"])
+    on_pytorch.encoder = create_encoder(on_pytorch.config.encoder)
     assert not isinstance(on_pytorch.encoder, OnnxRuntimeEncoder)
     expected = n_best(on_pytorch.caption(example_photos[:2], num_captions=2))
     got = n_best(onnx_captioner.caption(example_photos[:2], num_captions=2))
@@ -127,7 +127,7 @@ def test_a_model_without_concepts_exports_too(tmp_path, example_photos):
     from captioner.vocabulary import Vocabulary
 
     shipped = read_config(pretrained_path())
-    config = {"name": "plain", "encoder": shipped["encoder"], "preprocess": shipped["preprocess"], "decoding": {}}
+    config = {"name": "plain", "encoder": shipped.encoder, "preprocess": shipped.preprocess.to_dict(), "decoding": {}}
     save_model(tmp_path / "plain", tiny_decoder("attention", feature_dim=1280, grid_size=49), Vocabulary([f"w{i}" for i in range(16)]), config)
     pytorch = Captioner.load(tmp_path / "plain", "cpu")
     manifest = write_onnx_export(pytorch, tmp_path / "plain-onnx")

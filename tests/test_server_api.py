@@ -249,7 +249,7 @@ def test_model_info(client):
     body = client.get("/api/model").json()
     captioner = client.app.state.captioner
     assert body["name"] == captioner.name
-    assert body["encoder"] == captioner.config["encoder"]
+    assert body["encoder"] == captioner.config.encoder
     assert body["decoder"]["kind"] == captioner.decoder.config.kind
     assert body["vocabulary_size"] == len(captioner.vocabulary)
     assert body["metrics"] == captioner.metrics

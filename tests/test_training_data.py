@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from captioner.cli import main
+from captioner.model_config import ModelConfig
 from conftest import EXAMPLES
 from helpers import one_line_error
 from test_datasets import write_coco_official
@@ -57,6 +58,7 @@ def test_training_leaves_unreadable_photos_out_and_says_so(tmp_path, capsys, dat
     assert "unreadable photos left out: 1 train, 1 dev (listed in " in out
     model = json.loads((output / "best" / "config.json").read_text())
     assert model["training"]["images"] == 8  # the 8 readable train photos
+    assert ModelConfig.from_dict(model).to_dict() == model  # a freshly trained config round-trips
 
     from captioner.evaluation import evaluate_model
 
@@ -105,6 +107,8 @@ def test_the_dev_score_of_training_is_the_one_evaluate_gives_the_best_model(tmp_
                  "--epochs", "2", *TINY, "--set", "flip_augment=false", *concepts]) == 0
     assert captioned == [4, 4]  # the 4 readable dev photos, each epoch
     history = json.loads((output / "history.json").read_text())
-    best = json.loads((output / "best" / "config.json").read_text())["dev"]
+    model = json.loads((output / "best" / "config.json").read_text())
+    assert ModelConfig.from_dict(model).to_dict() == model and ("concepts" in model) == bool(concepts)  # a freshly trained config round-trips
+    best = model["dev"]
     report = evaluate_model(str(output / "best"), str(dataset_with_broken_photos), split="dev", beam_sizes=[1], output=str(tmp_path / "eval"), cache=str(cache), progress=False)
     assert report["results"]["greedy"]["CIDEr"] == pytest.approx(history[best["epoch"] - 1]["dev_cider"], abs=1e-4)  # the report rounds to 4 places

@@ -86,7 +86,7 @@ async def with_uploaded_photo(
     its result, the photo's size and the decoding time in ms. The upload is held in memory only."""
     try:
         with memory.account() as hold:
-            data, options = await read_caption_form(request, settings, hold)
+            data, options = await read_caption_form(request, settings, hold, default_beam(captioner))
             with queue.slot():  # only now, so a slow or stalled upload never holds an inference slot
                 image, size, decode_ms = await decoder.decode(data, captioner.preprocess_config)
                 del data  # the upload's bytes are not needed while the photo waits for its batch
@@ -175,9 +175,9 @@ async def example_photo(request: Request, name: str) -> FileResponse:
 
 @router.get("/api/model", response_model=schemas.ModelInfo, summary="The loaded model", responses=_errors(503))
 async def model_info(request: Request, captioner: CaptionerDependency) -> schemas.ModelInfo:
-    decoder = dict(captioner.config["decoder"])
+    decoder = captioner.config.decoder.to_dict()
     return schemas.ModelInfo(
-        name=captioner.name, encoder=captioner.config["encoder"],
+        name=captioner.name, encoder=captioner.config.encoder,
         decoder=schemas.DecoderInfo(kind=decoder.pop("kind"), parameters=decoder),
         vocabulary_size=len(captioner.vocabulary), device=str(captioner.device), backend=captioner.backend, metrics=request.app.state.model_metrics,
         confidence_bands=[schemas.ConfidenceBand(level=b.level, minimum=b.minimum) for b in captioner.calibration.bands] if captioner.calibration else None,
@@ -193,12 +193,17 @@ def explainable(captioner: Captioner) -> bool:
     return True
 
 
-@router.get("/api/limits", response_model=schemas.Limits, summary="What uploads and options the server accepts")
-async def limits(settings: SettingsDependency) -> schemas.Limits:
+def default_beam(captioner: Captioner) -> int:
+    """The beam of a request that sends none: the model's own, within the server's limit."""
+    return min(captioner.default_beam_size, schemas.MAX_BEAM_SIZE)
+
+
+@router.get("/api/limits", response_model=schemas.Limits, summary="What uploads and options the server accepts", responses=_errors(503))
+async def limits(settings: SettingsDependency, captioner: CaptionerDependency) -> schemas.Limits:
     defaults = schemas.CaptionOptions()
     return schemas.Limits(
         max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels, max_pixels_not_jpeg=settings.max_pixels_not_jpeg,
-        beam_size=schemas.Range(minimum=1, maximum=schemas.MAX_BEAM_SIZE, default=defaults.beam_size),
+        beam_size=schemas.Range(minimum=1, maximum=schemas.MAX_BEAM_SIZE, default=default_beam(captioner)),
         num_captions=schemas.Range(minimum=1, maximum=schemas.MAX_NUM_CAPTIONS, default=defaults.num_captions),
     )
 

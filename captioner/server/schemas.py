@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-MAX_BEAM_SIZE = 10
+MAX_BEAM_SIZE = 10  # fewer than the CLI and the Python API allow (config_checks.MAX_BEAM): bounds the server's memory
 MAX_NUM_CAPTIONS = 5
 
 
@@ -14,14 +14,14 @@ class CaptionOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    beam_size: int = Field(3, ge=1, le=MAX_BEAM_SIZE, description="Beams searched; 1 is greedy decoding.")
+    beam_size: int | None = Field(None, ge=1, le=MAX_BEAM_SIZE, description="Beams searched; 1 is greedy decoding. Default: the model's own (`GET /api/limits`).")
     num_captions: int = Field(1, ge=1, le=MAX_NUM_CAPTIONS, description="Captions returned, best first; at most `beam_size`.")
     style: Literal["sentence", "plain"] = Field("sentence", description="`sentence`: \"A cat sitting on a bed.\" (ready for alt text); `plain`: the model's words, \"a cat sitting on a bed\".")
     neutral: bool = Field(False, description="Person words without gender: \"a person\", \"a child\", \"people\".")
 
     @model_validator(mode="after")
     def _captions_fit_in_beam(self) -> "CaptionOptions":
-        if self.num_captions > self.beam_size:
+        if self.beam_size is not None and self.num_captions > self.beam_size:
             raise ValueError(f"num_captions ({self.num_captions}) must not exceed beam_size ({self.beam_size}); raise beam_size")
         return self
 

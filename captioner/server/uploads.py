@@ -150,8 +150,9 @@ async def body_chunks(request: Request, settings: Settings) -> AsyncIterator[byt
         yield chunk
 
 
-async def read_caption_form(request: Request, settings: Settings, hold: Callable[[int], None]) -> tuple[bytes, schemas.CaptionOptions]:
-    """Stream the body into memory, refusing it as soon as it passes the limit; `hold` charges each chunk."""
+async def read_caption_form(request: Request, settings: Settings, hold: Callable[[int], None], default_beam: int) -> tuple[bytes, schemas.CaptionOptions]:
+    """Stream the body into memory, refusing it as soon as it passes the limit; `hold` charges each
+    chunk. Options not sent are the defaults, `default_beam` the beam size."""
     max_upload_bytes = settings.max_upload_bytes
     body_limit = max_upload_bytes + MULTIPART_OVERHEAD
     declared = request.headers.get("content-length", "")
@@ -184,7 +185,7 @@ async def read_caption_form(request: Request, settings: Settings, hold: Callable
     if image is None:
         raise ApiError(422, "missing_image", "Send the photo in a file field named 'image'.")
     try:
-        options = schemas.CaptionOptions.model_validate({name: value.decode("utf-8", "replace") for name, value in reader.fields.items()})
+        options = schemas.CaptionOptions.model_validate({"beam_size": default_beam, **{name: value.decode("utf-8", "replace") for name, value in reader.fields.items()}})
     except ValidationError as error:
         raise ApiError(422, "invalid_options", _describe(error)) from None
     return bytes(image), options
