@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .caption_log import CaptionLog, read_done
-from .checkpoint import atomic_write_bytes
+from .atomic_files import atomic_write_bytes
 from .errors import CaptionerError
 
 SHARD_NAME = re.compile(r"captions-(\d{5,})\.(jsonl|parquet)")

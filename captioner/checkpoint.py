@@ -5,21 +5,19 @@
     model.safetensors    decoder weights (float16 or float32)
     metrics.json         optional: test-split scores, shown by the CLI and the server
 
-Every file is written to a temporary name and renamed into place, so a crash never leaves a
-half-written checkpoint.
+Every file is written to a temporary name and renamed into place (`atomic_files`), so a crash
+never leaves a half-written checkpoint.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from .atomic_files import atomic_save_tensors, atomic_write_json
 from .config_checks import ConfigError
 from .decoders import create_decoder
 from .errors import CheckpointError
@@ -30,50 +28,6 @@ from .vocabulary import Vocabulary
 WEIGHTS, CONFIG, VOCABULARY, METRICS = "model.safetensors", "config.json", "vocabulary.json", "metrics.json"
 CONCEPTS = "concepts.safetensors"  # word detectors, for models with concept tokens
 PERSON_BY_CLASS = "person_by_class"  # in CONCEPTS beside the detectors: P(person | ImageNet class)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _publish(temporary: str, path: Path) -> None:
-    """Give the temporary file normal permissions (mkstemp makes it private), then rename it into place."""
-    os.chmod(temporary, 0o666 & ~_umask())
-    os.replace(temporary, path)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        _publish(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
-def atomic_write_json(path: Path, data: object) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        _publish(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def unique_state_dict(module: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

@@ -94,7 +94,7 @@ def _fitted_detectors(grids, labels, words, feature_dim, epochs, seed, store: Pa
     run with the same photos, words and settings already fitted them."""
     from safetensors.torch import load_file
 
-    from .checkpoint import atomic_save_tensors
+    from .atomic_files import atomic_save_tensors
 
     key = hashlib.sha256(json.dumps([words, labels.shape[0], float(labels.sum()), [g.shape[1:] for g in grids], len(grids), epochs, seed]).encode()).hexdigest()[:16]
     path = store / f"detectors-{key}.safetensors" if store is not None else None

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from .lexicon import mentioned_objects, normalise_object
-from .checkpoint import atomic_write_json
+from .atomic_files import atomic_write_json
 from .concepts import Tag
 from .errors import CheckpointError
 from .json_files import read_json

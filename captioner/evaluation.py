@@ -163,7 +163,8 @@ def evaluate_model(
 
     from .api import Captioner
     from .chair import chair, ground_truth
-    from .checkpoint import METRICS as METRICS_FILE, atomic_write_json
+    from .atomic_files import atomic_write_json
+    from .checkpoint import METRICS as METRICS_FILE
     from .datasets import load_dataset
     from .features import feature_cache, records_with_features
 

@@ -21,7 +21,8 @@ def command_export(args: argparse.Namespace) -> int:
         raise CaptionerError(f"{output} already exists; pass --force to replace the model in it")
     import torch
 
-    from .checkpoint import atomic_write_bytes, copy_concepts, load_concept_detector, load_model, read_config, save_model
+    from .atomic_files import atomic_write_bytes
+    from .checkpoint import copy_concepts, load_concept_detector, load_model, read_config, save_model
     from .confidence import CALIBRATION
     from .encoders import create_encoder
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import atomic_write_bytes
+from .atomic_files import atomic_write_bytes
 from .datasets import CaptionDataset
 from .devices import resolve_device
 from .encoders import ImageEncoder, PreprocessConfig, create_encoder

@@ -119,7 +119,7 @@ def evaluate_labelled_folder(
     import sys
 
     from .api import Captioner
-    from .checkpoint import atomic_write_json
+    from .atomic_files import atomic_write_json
     from .images import load_image
 
     photos, animal_words = read_labelled_folder(folder)

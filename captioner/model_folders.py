@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .checkpoint import CONFIG, VOCABULARY, WEIGHTS, _umask, atomic_write_bytes, save_model
+from .atomic_files import atomic_write_bytes, current_umask
+from .checkpoint import CONFIG, VOCABULARY, WEIGHTS, save_model
 from .errors import CaptionerError
 from .onnx_export import MANIFEST
 
@@ -26,7 +27,7 @@ def save_captioner(captioner, path: Path, dtype: torch.dtype | None = None) -> P
     check_save_target(path, captioner.path)
     temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.saving-"))
     try:
-        os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp makes it private
+        os.chmod(temporary, 0o777 & ~current_umask())  # mkdtemp makes it private
         if captioner.backend == "pytorch":
             _write_model_folder(captioner, temporary, dtype)
         else:  # the ONNX graphs come unchanged from the folder they were loaded from

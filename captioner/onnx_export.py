@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .checkpoint import CONCEPTS, CONFIG, METRICS, PERSON_BY_CLASS, VOCABULARY, atomic_write_bytes, atomic_write_json, read_metrics
+from .atomic_files import atomic_write_bytes, atomic_write_json
+from .checkpoint import CONCEPTS, CONFIG, METRICS, PERSON_BY_CLASS, VOCABULARY, read_metrics
 from .confidence import CALIBRATION
 from .concepts import MAX_CONCEPT_WORDS, Concepts, ConceptDetector, WordDetector
 from .decoders import Features, TransformerDecoder

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from .api import Captioner
 from .caption_text import flickr30k_id, read_caption_text
-from .checkpoint import atomic_write_json, load_model, save_model
+from .atomic_files import atomic_write_json
+from .checkpoint import load_model, save_model
 from .cider import CiderD
 from .concept_training import ConceptMatcher, ConceptSetup, TextExamples, fit_concepts
 from .concepts import ConceptDetector, ConceptTable, imagenet_head

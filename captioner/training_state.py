@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_save_tensors, atomic_write_json
+from .atomic_files import atomic_save_tensors, atomic_write_json
 from .config_checks import AT_LEAST_ONE, NOT_NEGATIVE, ConfigError, check_value
 from .errors import CaptionerError
 from .json_files import read_json
