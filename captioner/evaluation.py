@@ -162,11 +162,12 @@ def evaluate_model(
     from pathlib import Path
 
     from .api import Captioner
-    from .chair import chair, ground_truth
     from .atomic_files import atomic_write_json
+    from .chair import chair, ground_truth
     from .checkpoint import METRICS as METRICS_FILE
     from .datasets import load_dataset
     from .features import feature_cache, records_with_features
+    from .run_folder import check_results_folder
 
     require_scorer()  # before any work: scoring is the last step
     captioner = Captioner.load(model, device) if model else Captioner.from_pretrained(device=device)
@@ -183,8 +184,7 @@ def evaluate_model(
     if not records:
         raise CaptionerError(f"{dataset_path}: the {split} split holds no images")
     out = Path(output) if output else Path("runs") / "eval" / f"{captioner.name}-{dataset.name}-{split}"
-    if out.exists() and any(out.iterdir()) and not force:
-        raise CaptionerError(f"{out} already exists; pass --force to overwrite it or --output for another folder")
+    check_results_folder(out, force)
     cache_store = feature_cache(dataset, captioner.config.encoder, cache, [record.image for record in records], encoder=captioner.encoder, progress=progress, device=captioner.device)
     records, unreadable = records_with_features(records, cache_store)
     if unreadable:

@@ -121,13 +121,13 @@ def evaluate_labelled_folder(
     from .api import Captioner
     from .atomic_files import atomic_write_json
     from .images import load_image
+    from .run_folder import check_results_folder
 
     photos, animal_words = read_labelled_folder(folder)
     photos = photos[: limit or None]
     captioner = Captioner.load(model, device) if model else Captioner.from_pretrained(device=device)
     out = Path(output) if output else Path("runs") / "eval" / f"{captioner.name}-{Path(folder).resolve().name}"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise DatasetError(f"{out} already exists; pass --force to overwrite it or --output for another folder")
+    check_results_folder(out, force)
     results = {}
     for start in range(0, len(photos), batch_size):
         chunk = photos[start : start + batch_size]

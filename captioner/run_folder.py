@@ -1,4 +1,4 @@
-"""A training run's output folder, and replacing an old run there (`--force`) without losing it early.
+"""The output folder of a run (training, evaluation), and replacing a training run an old run there (`--force`) without losing it early.
 
 `--force` never deletes at the start: the files an earlier run wrote are moved aside into
 `.replaced-run/` once the new run has passed every check, and deleted only when the new run has
@@ -33,6 +33,14 @@ def check_output_folder(output: Path, resume: bool, force: bool) -> None:
             raise CaptionerError(f"{output}: nothing to resume (no last/training_state.json); start a new run without --resume")
     elif output.exists() and any(output.iterdir()) and not force:
         raise CaptionerError(f"{output} already exists; pass --resume to continue that run or --force to replace it")
+
+
+def check_results_folder(output: Path, force: bool) -> None:
+    """Refuse, before any work, an evaluation output that is a file, or a folder with files in it (unless `force`)."""
+    if output.exists() and not output.is_dir():
+        raise CaptionerError(f"{output} is a file, not a folder; pass --output a folder for the results")
+    if output.exists() and any(output.iterdir()) and not force:
+        raise CaptionerError(f"{output} already exists; pass --force to overwrite it or --output for another folder")
 
 
 def _run_entries(folder: Path) -> list[Path]:

@@ -73,6 +73,12 @@ def test_output_that_is_a_file(tmp_path, capsys, tiny_dataset):
     assert "is a file" in err and (tmp_path / "afile").read_text() == "mine"
 
 
+def test_evaluate_output_that_is_a_file(tmp_path, capsys, tiny_dataset):
+    (tmp_path / "afile").write_text("mine")
+    err = one_line_error(capsys, ["evaluate", "--dataset", str(tiny_dataset), "--split", "dev", "--output", str(tmp_path / "afile"), "--cache", str(tmp_path / "cache")])
+    assert "is a file" in err and (tmp_path / "afile").read_text() == "mine"
+
+
 def test_force_keeps_the_good_run_until_the_new_one_has_a_checkpoint(tmp_path, capsys, tiny_dataset):
     output, cache = tmp_path / "run", tmp_path / "cache"
     assert main(train_arguments(tiny_dataset, output, cache)) == 0
