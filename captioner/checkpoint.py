@@ -24,6 +24,7 @@ from .decoders import DecoderConfig, create_decoder
 from .encoders import ENCODERS, INPUT_SIZE, PreprocessConfig
 from .errors import CheckpointError
 from .json_files import read_json
+from .transformer_block import renamed_decoder_weights
 from .vocabulary import Vocabulary
 
 FORMAT_VERSION = 1
@@ -185,7 +186,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
     try:
         with safe_open(folder / WEIGHTS, "pt") as weights:
             trained_on = (weights.metadata() or {}).get("encoder")
-            tensors = {name: weights.get_tensor(name) for name in weights.keys()}
+            tensors = renamed_decoder_weights({name: weights.get_tensor(name) for name in weights.keys()})  # names from before the block too
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{folder / WEIGHTS}: unreadable weights ({error})") from None
     if trained_on is not None and trained_on != config["encoder"]:
