@@ -242,7 +242,8 @@ class TransformerDecoder(nn.Module):
 
     def memory_state(self, features: Features) -> dict[str, torch.Tensor]:
         """What every block reads of each image, computed once: memory_bias (B, 1, 1, M), 0 or
-        -inf for the slots not to attend to, and per block cross_keys{i} (B, H, d, M), cross_values{i} (B, H, M, d)."""
+        -inf for the slots not to attend to, and per block cross_keys{i} and cross_values{i} (B, H, M, d)
+        (keys (B, H, d, M) in ONNX graphs, `transformer_block.keys_transposed`)."""
         memory, attend = self._memory(features)  # (B, M, D), (B, M) or None
         bias = memory.new_zeros(memory.shape[0], 1, 1, memory.shape[1])  # (B, 1, 1, M)
         state = {"memory_bias": bias if attend is None else bias.masked_fill(~attend[:, None, None, :], float("-inf"))}
@@ -275,14 +276,13 @@ class TransformerDecoder(nn.Module):
     def init_state(self, features: Features) -> State:
         """Cross-attention keys and values are computed once per image and kept once per image
         (`per_image`, an `ImageState`); the self-attention ones grow by one position per step (a
-        key/value cache, self_keys{i} (B, H, d, t), self_values{i} (B, H, t, d)), so each step costs one token, not the prefix."""
+        key/value cache, self_keys{i} and self_values{i} (B, H, t, d)), so each step costs one token, not the prefix."""
         memory = self.memory_state(features)
-        batch, heads, head_dim = features.pooled.shape[0], self.config.num_heads, self.config.embed_dim // self.config.num_heads
-        device = memory["memory_bias"].device
+        bias = memory["memory_bias"]
+        batch, device = bias.shape[0], bias.device
         state: State = {"position": torch.zeros(batch, dtype=torch.long, device=device), "per_image": ImageState(memory, torch.arange(batch, device=device))}
-        for index in range(len(self.blocks)):
-            state[f"self_keys{index}"] = memory["memory_bias"].new_zeros(batch, heads, head_dim, 0)
-            state[f"self_values{index}"] = memory["memory_bias"].new_zeros(batch, heads, 0, head_dim)
+        for index, block in enumerate(self.blocks):
+            state[f"self_keys{index}"], state[f"self_values{index}"] = block.self_attention.empty_cache(batch, bias)
         return state
 
     def cached_step(self, last_tokens: torch.Tensor, position: torch.Tensor, memory: dict[str, torch.Tensor], caches: list[Cache]) -> tuple[torch.Tensor, list[Cache]]:

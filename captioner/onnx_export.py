@@ -123,7 +123,8 @@ def _transformer_graphs(decoder: TransformerDecoder) -> DecoderGraphs:
         state = dict(zip(per_image + per_row, _TransformerPrepare(decoder, per_image + per_row)(grid, grid.mean(dim=1), *concepts)))
     rows = torch.tensor([0, 0, 1, 1])
     example = {name: state[name] if name in per_image else state[name].index_select(0, rows) for name in step_state}
-    for index in layers:
+    for index in layers:  # keys in the graphs' layout, (…, H, d, S) (`transformer_block.keys_transposed`)
+        example[f"cross_keys{index}"] = example[f"cross_keys{index}"].transpose(2, 3)
         example[f"self_keys{index}"] = torch.randn(4, config.num_heads, config.embed_dim // config.num_heads, 1)
         example[f"self_values{index}"] = torch.randn(4, config.num_heads, 1, config.embed_dim // config.num_heads)
     outputs = ["logits", NEXT + "position", *[NEXT + f"{kind}{i}" for i in layers for kind in ("self_keys", "self_values")]]
