@@ -11,6 +11,7 @@ one `index_select` each; what a decoder keeps once per image goes in an `ImageSt
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -199,7 +200,8 @@ class TransformerDecoder(nn.Module):
         self.memory_position = nn.Parameter(torch.zeros(1, config.grid_size + 1, width))
         self.embedding = nn.Embedding(config.vocab_size, width, padding_idx=0)
         self.position = nn.Embedding(config.max_length + 2, width)
-        self.blocks = nn.ModuleList(TransformerBlock(width, config.num_heads, config.dropout) for _ in range(config.num_layers))
+        block = TransformerBlock(width, config.num_heads, config.dropout)
+        self.blocks = nn.ModuleList(copy.deepcopy(block) for _ in range(config.num_layers))  # equal at first, as nn.TransformerDecoder's layers were
         self.final_norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(width, config.vocab_size, bias=False)

@@ -47,8 +47,13 @@ class Attention(nn.Module):
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
         self.width, self.heads, self.head_dim, self.dropout = width, heads, width // heads, dropout
-        self.in_projection = nn.Linear(width, 3 * width)  # queries, keys, values
-        self.out_projection = nn.Linear(width, width)
+        # nn.MultiheadAttention's initialisation, in its order of random draws: a seed gives the weights it gave before the block.
+        out_projection = nn.Linear(width, width)
+        self.in_projection = nn.utils.skip_init(nn.Linear, width, 3 * width)  # queries, keys, values
+        self.out_projection = out_projection
+        nn.init.xavier_uniform_(self.in_projection.weight)
+        nn.init.zeros_(self.in_projection.bias)
+        nn.init.zeros_(self.out_projection.bias)
 
     def _split(self, x: torch.Tensor, length: int, keys: bool = False) -> torch.Tensor:
         """(R*T, D) -> (R, H, T, d), or keys in their layout (`keys_transposed`). One position a
