@@ -128,7 +128,8 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
-        # Registered in nn.TransformerDecoderLayer's order: an optimizer state saved before keeps fitting (`--resume`).
+        # Made and registered in nn.TransformerDecoderLayer's order: a seed draws the weights it drew
+        # before the block, and an optimizer state saved before it keeps fitting (`--resume`).
         self.self_attention = Attention(width, heads, dropout)
         self.cross_attention = Attention(width, heads, dropout)
         self.mlp = MLP(width, dropout)
