@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from captioner import Captioner
-from captioner.decoders import ImageState
+from captioner.image_state import ImageState
 from captioner.decoding import beam_search
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # scikit-image's sample photos
@@ -34,15 +34,15 @@ class CopiedPerBeam(torch.nn.Module):
     def init_state(self, features):
         state = self.decoder.init_state(features)
         per_image = state.pop("per_image")
-        return {**state, **{f"memory_{name}": tensor for name, tensor in per_image.items()}}
+        return {**state, **{f"memory_{name}": tensor for name, tensor in per_image.tensors.items()}}
 
     def step(self, last_tokens, state):
         rows = last_tokens.shape[0]
-        memory = ImageState({name[len("memory_"):]: tensor for name, tensor in state.items() if name.startswith("memory_")})
+        memory = {name[len("memory_"):]: tensor for name, tensor in state.items() if name.startswith("memory_")}
         inner = {name: value for name, value in state.items() if not name.startswith("memory_")}
-        logits, stepped = self.decoder.step(last_tokens, {**inner, "image": torch.arange(rows), "per_image": memory})
+        logits, stepped = self.decoder.step(last_tokens, {**inner, "per_image": ImageState(memory, torch.arange(rows))})
         stepped.pop("per_image")
-        return logits, {**stepped, "image": state["image"], **{f"memory_{name}": tensor for name, tensor in memory.items()}}
+        return logits, {**stepped, **{f"memory_{name}": tensor for name, tensor in memory.items()}}
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from .decoders import create_decoder
 from .errors import CheckpointError
 from .json_files import read_json
 from .model_config import FORMAT_VERSION, ModelConfig
+from .transformer_block import renamed_decoder_weights
 from .vocabulary import Vocabulary
 
 WEIGHTS, CONFIG, VOCABULARY, METRICS = "model.safetensors", "config.json", "vocabulary.json", "metrics.json"
@@ -100,7 +101,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
     try:
         with safe_open(folder / WEIGHTS, "pt") as weights:
             trained_on = (weights.metadata() or {}).get("encoder")
-            tensors = {name: weights.get_tensor(name) for name in weights.keys()}
+            tensors = renamed_decoder_weights({name: weights.get_tensor(name) for name in weights.keys()})  # names from before the block too
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{folder / WEIGHTS}: unreadable weights ({error})") from None
     if trained_on is not None and trained_on != config.encoder:

@@ -6,11 +6,12 @@ Every decoder is built from a `DecoderConfig` and offers the same three calls:
     step(last_tokens, state)       -> logits (B, V) for the next word, and the new state
 so greedy, beam search and sampling (`decoding.py`) work with any of them. State tensors all
 have the rows (images, then beams or samples) on dim 0, which lets the searches reorder them with
-one `index_select` each; what a decoder keeps once per image goes in an `ImageState`, which the
-reorderings leave alone.
+one `index_select` each; what a decoder keeps once per image goes in an `ImageState`
+(`image_state.py`), whose reorderings only re-map rows to images.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -22,6 +23,8 @@ from torch import nn
 from .concepts import SOURCE_PAD, Concepts
 from .config_checks import AT_LEAST_ONE, FRACTION_BELOW_ONE, NOT_NEGATIVE, ConfigError, Limit, check_fields
 from .errors import CheckpointError
+from .image_state import ImageState
+from .transformer_block import Cache, Memory, TransformerBlock
 
 State = dict[str, "torch.Tensor | ImageState"]
 SCORE_BUCKETS = 10  # concept confidences are embedded by tenths
@@ -76,25 +79,6 @@ DECODER_LIMITS = {
     "hidden_dim": AT_LEAST_ONE, "num_layers": AT_LEAST_ONE, "num_heads": AT_LEAST_ONE, "attention_dim": AT_LEAST_ONE,
     "dropout": FRACTION_BELOW_ONE, "max_length": Limit(1, MAX_LENGTH), "max_concepts": NOT_NEGATIVE,
 }
-
-
-class ImageState(dict):
-    """State kept once per image (name -> (N, ...)) while its rows (beams, samples) are reordered:
-    `index_select` leaves it as it is, and each row finds its image through the per-row `image`
-    entry of the state, so nothing is copied per beam."""
-
-    def index_select(self, dim: int, indices: torch.Tensor) -> "ImageState":
-        return self
-
-
-def image_blocks(image_of_row: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(the image of each block of rows (G,), rows a block): rows in equal consecutive blocks, one
-    per image, as the searches keep them, are one block per image; any other order, a block per row.
-    The PyTorch step and the ONNX Runtime one (`onnx_backend.PerImage`) group rows with it."""
-    images, counts = torch.unique_consecutive(image_of_row, return_counts=True)  # (G,), (G,)
-    if bool((counts == counts[0]).all()) and len(images.unique()) == len(images):
-        return images, int(counts[0])
-    return image_of_row, 1
 
 
 class FeatureProjection(nn.Module):
@@ -204,7 +188,9 @@ class AttentionDecoder(nn.Module):
 
 class TransformerDecoder(nn.Module):
     """A pre-norm Transformer decoder with cross-attention over the grid (plus the pooled vector
-    as one more memory slot); output weights tied to the word embedding."""
+    as one more memory slot); output weights tied to the word embedding. Its layers are
+    `TransformerBlock`s, which training, step-by-step decoding, the ONNX export and the attention
+    maps all run."""
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
@@ -214,10 +200,9 @@ class TransformerDecoder(nn.Module):
         self.memory_position = nn.Parameter(torch.zeros(1, config.grid_size + 1, width))
         self.embedding = nn.Embedding(config.vocab_size, width, padding_idx=0)
         self.position = nn.Embedding(config.max_length + 2, width)
-        layer = nn.TransformerDecoderLayer(
-            width, config.num_heads, dim_feedforward=4 * width, dropout=config.dropout, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.layers = nn.TransformerDecoder(layer, config.num_layers, norm=nn.LayerNorm(width))
+        block = TransformerBlock(width, config.num_heads, config.dropout)
+        self.blocks = nn.ModuleList(copy.deepcopy(block) for _ in range(config.num_layers))  # equal at first, as nn.TransformerDecoder's layers were
+        self.final_norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(width, config.vocab_size, bias=False)
         self.output.weight = self.embedding.weight
@@ -257,66 +242,68 @@ class TransformerDecoder(nn.Module):
         ], dim=1)  # (B, M)
         return memory, attend
 
-    def _decode(self, memory: torch.Tensor, attend: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
-        length = tokens.shape[1]
+    def memory_state(self, features: Features) -> dict[str, torch.Tensor]:
+        """What every block reads of each image, computed once: memory_bias (B, 1, 1, M), 0 or
+        -inf for the slots not to attend to, and per block cross_keys{i} and cross_values{i} (B, H, M, d)
+        (keys (B, H, d, M) in ONNX graphs, `transformer_block.keys_transposed`)."""
+        memory, attend = self._memory(features)  # (B, M, D), (B, M) or None
+        bias = memory.new_zeros(memory.shape[0], 1, 1, memory.shape[1])  # (B, 1, 1, M)
+        state = {"memory_bias": bias if attend is None else bias.masked_fill(~attend[:, None, None, :], float("-inf"))}
+        for index, block in enumerate(self.blocks):
+            state[f"cross_keys{index}"], state[f"cross_values{index}"] = block.cross_attention.memory_keys_values(memory)
+        return state
+
+    def _block_memory(self, state: dict[str, torch.Tensor], index: int) -> Memory:
+        return state[f"cross_keys{index}"], state[f"cross_values{index}"], state["memory_bias"]
+
+    def decode(self, features: Features, tokens: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Teacher forcing: `tokens` (B, T) -> the last block's output (B, T, D) and, with
+        `need_weights`, each block's cross-attention weights, heads averaged (B, T, M)."""
+        memory = self.memory_state(features)
+        batch, length = tokens.shape
         positions = torch.arange(length, device=tokens.device)
         x = self.dropout(self.embedding(tokens) * math.sqrt(self.config.embed_dim) + self.position(positions))  # (B, T, D)
-        causal = torch.triu(torch.full((length, length), float("-inf"), device=tokens.device), diagonal=1)
-        padding = None if attend is None else ~attend  # True = ignore this memory slot
-        x = self.layers(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=padding)  # (B, T, D)
-        return self.output(x)  # (B, T, V)
+        x = x.reshape(batch * length, -1)  # (B*T, D)
+        causal = torch.triu(torch.full((length, length), float("-inf"), device=tokens.device), diagonal=1)  # (T, T)
+        weights = []
+        for index, block in enumerate(self.blocks):
+            x, _, block_weights = block(x, length, self._block_memory(memory, index), causal=causal, need_weights=need_weights)
+            weights.append(block_weights)
+        return x.reshape(batch, length, -1), weights if need_weights else []
 
     def forward(self, features: Features, tokens: torch.Tensor) -> torch.Tensor:
-        return self._decode(*self._memory(features), tokens)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        return x.view(batch, length, self.config.num_heads, width // self.config.num_heads).transpose(1, 2)  # (B, H, L, d)
+        x, _ = self.decode(features, tokens)
+        return self.output(self.final_norm(x))  # (B, T, V)
 
     def init_state(self, features: Features) -> State:
         """Cross-attention keys and values are computed once per image and kept once per image
-        (`per_image`, an `ImageState`); self-attention ones grow by one position per step (a
-        key/value cache), so each step costs one token, not the prefix."""
-        memory, attend = self._memory(features)  # (B, M, D), (B, M) or None
-        batch, width = memory.shape[0], self.config.embed_dim
-        per_image = ImageState()
-        if attend is not None:
-            per_image["memory_mask"] = attend
-        state = {"position": torch.zeros(batch, dtype=torch.long, device=memory.device), "image": torch.arange(batch, device=memory.device), "per_image": per_image}
-        for index, layer in enumerate(self.layers.layers):
-            attention = layer.multihead_attn
-            keys = F.linear(memory, attention.in_proj_weight[width : 2 * width], attention.in_proj_bias[width : 2 * width])
-            values = F.linear(memory, attention.in_proj_weight[2 * width :], attention.in_proj_bias[2 * width :])
-            per_image[f"cross_keys{index}"], per_image[f"cross_values{index}"] = self._heads(keys), self._heads(values)  # (B, H, M, d)
-            empty = memory.new_zeros(batch, self.config.num_heads, 0, width // self.config.num_heads)
-            state[f"self_keys{index}"], state[f"self_values{index}"] = empty, empty
+        (`per_image`, an `ImageState`); the self-attention ones grow by one position per step (a
+        key/value cache, self_keys{i} and self_values{i} (B, H, t, d)), so each step costs one token, not the prefix."""
+        memory = self.memory_state(features)
+        bias = memory["memory_bias"]
+        batch, device = bias.shape[0], bias.device
+        state: State = {"position": torch.zeros(batch, dtype=torch.long, device=device), "per_image": ImageState(memory, torch.arange(batch, device=device))}
+        for index, block in enumerate(self.blocks):
+            state[f"self_keys{index}"], state[f"self_values{index}"] = block.self_attention.empty_cache(batch, bias)
         return state
 
+    def cached_step(self, last_tokens: torch.Tensor, position: torch.Tensor, memory: dict[str, torch.Tensor], caches: list[Cache]) -> tuple[torch.Tensor, list[Cache]]:
+        """One word for each of R rows grouped by image: last_tokens and position (R,), the G images'
+        `memory_state` (G, ...) and each block's cache -> logits (R, V) and the caches one position longer."""
+        x = self.embedding(last_tokens) * math.sqrt(self.config.embed_dim) + self.position(position)  # (R, D)
+        extended = []
+        for index, block in enumerate(self.blocks):
+            x, cache, _ = block(x, 1, self._block_memory(memory, index), past=caches[index])
+            extended.append(cache)
+        return self.output(self.final_norm(x)), extended  # (R, V)
+
     def step(self, last_tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        width, heads = self.config.embed_dim, self.config.num_heads
-        rows = last_tokens.shape[0]
-        x = self.embedding(last_tokens)[:, None, :] * math.sqrt(width) + self.position(state["position"])[:, None, :]  # (R, 1, D)
-        new_state = {"position": state["position"] + 1, "image": state["image"], "per_image": state["per_image"]}
-        images, per_block = image_blocks(state["image"])  # (G,): each block of rows attends to its image's memory
-        every_image = len(images) == len(state["per_image"]["cross_keys0"]) and bool((images == torch.arange(len(images), device=images.device)).all())
-        memory = {name: tensor if every_image else tensor.index_select(0, images) for name, tensor in state["per_image"].items()}  # (G, ...)
-        memory_mask = memory.get("memory_mask")
-        if memory_mask is not None:
-            memory_mask = memory_mask[:, None, None, :]  # (G, 1, 1, M) True = attend
-        for index, layer in enumerate(self.layers.layers):
-            query, key, value = F.linear(layer.norm1(x), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, dim=-1)
-            keys = torch.cat([state[f"self_keys{index}"], self._heads(key)], dim=2)  # (B, H, t, d)
-            values = torch.cat([state[f"self_values{index}"], self._heads(value)], dim=2)
+        caches = [(state[f"self_keys{index}"], state[f"self_values{index}"]) for index in range(len(self.blocks))]
+        logits, caches = self.cached_step(last_tokens, state["position"], state["per_image"].grouped(), caches)
+        new_state = {"position": state["position"] + 1, "per_image": state["per_image"]}
+        for index, (keys, values) in enumerate(caches):
             new_state[f"self_keys{index}"], new_state[f"self_values{index}"] = keys, values
-            attended = F.scaled_dot_product_attention(self._heads(query), keys, values)  # (B, H, 1, d)
-            x = x + layer.self_attn.out_proj(attended.transpose(1, 2).reshape(x.shape))
-            cross = layer.multihead_attn
-            query = F.linear(layer.norm2(x), cross.in_proj_weight[:width], cross.in_proj_bias[:width])  # (R, 1, D)
-            query = query.view(len(images), per_block, heads, width // heads).transpose(1, 2)  # (G, H, rows a block, d)
-            attended = F.scaled_dot_product_attention(query, memory[f"cross_keys{index}"], memory[f"cross_values{index}"], attn_mask=memory_mask)  # (G, H, rows a block, d)
-            x = x + cross.out_proj(attended.transpose(1, 2).reshape(rows, 1, width))
-            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
-        return self.output(self.layers.norm(x))[:, 0], new_state  # (B, V)
+        return logits, new_state
 
 
 DECODERS = {"merge": MergeDecoder, "attention": AttentionDecoder, "transformer": TransformerDecoder}

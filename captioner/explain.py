@@ -76,23 +76,11 @@ def _transformer_grid_attention(decoder: TransformerDecoder, features: Features,
 
 
 def transformer_cross_attention(decoder: TransformerDecoder, features: Features, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Transformer's teacher-forced pass over `inputs` (1, T) layer by layer, as its `forward`
-    runs it (eval mode), keeping each layer's cross-attention weights, heads averaged: the last
-    hidden state (1, T, D) and the weights (L, T, M) over the memory slots (`_memory`)."""
-    memory, attend = decoder._memory(features)  # (1, M, D)
-    length, width = inputs.shape[1], decoder.config.embed_dim
-    x = decoder.embedding(inputs) * math.sqrt(width) + decoder.position(torch.arange(length, device=inputs.device))  # (1, T, D)
-    causal = torch.triu(torch.full((length, length), float("-inf"), device=inputs.device), diagonal=1)
-    padding = None if attend is None else ~attend  # True = ignore this memory slot
-    weights = []
-    for layer in decoder.layers.layers:  # pre-norm layers: self-attention, cross-attention, feed-forward
-        query = layer.norm1(x)
-        x = x + layer.self_attn(query, query, query, attn_mask=causal, need_weights=False)[0]
-        attended, layer_weights = layer.multihead_attn(layer.norm2(x), memory, memory, key_padding_mask=padding, need_weights=True, average_attn_weights=True)
-        x = x + attended
-        x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
-        weights.append(layer_weights[0])  # (T, M)
-    return x, torch.stack(weights)
+    """The Transformer's teacher-forced pass over `inputs` (1, T), as its `forward` runs it, with
+    each block's cross-attention weights, heads averaged: the last block's output (1, T, D) and
+    the weights (L, T, M) over the memory slots (`_memory`)."""
+    x, weights = decoder.decode(features, inputs, need_weights=True)  # (1, T, D), L x (1, T, M)
+    return x, torch.cat(weights)
 
 
 def one_row(features: Features, row: int) -> Features:

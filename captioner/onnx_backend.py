@@ -21,9 +21,10 @@ from torch import nn
 
 from .checkpoint import CONCEPTS, CONFIG, PERSON_BY_CLASS, VOCABULARY, read_model_config
 from .concepts import MAX_CONCEPT_WORDS, SOURCE_PAD, ConceptDetector, ConceptTable, Concepts
-from .decoders import DecoderConfig, Features, State, image_blocks
+from .decoders import DecoderConfig, Features, State
 from .devices import DEVICE_ENVIRONMENT_VARIABLE, resolve_device
 from .errors import CaptionerError, CheckpointError
+from .image_state import ImageState
 from .json_files import read_json
 from .model_config import ModelConfig
 from .onnx_checks import check_graphs
@@ -74,41 +75,10 @@ class OnnxWordDetector(OnnxNetwork):
         return -torch.expm1(super().forward(grid))
 
 
-class PerImage:
-    """What the decoder keeps once per image (cross-attention keys and values, the memory bias),
-    and the image of each row (a beam, a sample).
-
-    The searches reorder rows with `index_select` after every step; here that only re-maps rows
-    to images, so nothing is copied per beam (in the PyTorch backend, copying the cross-attention
-    state took a fifth of a folder's beam search)."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor], image_of_row: torch.Tensor, gathered: dict | None = None):
-        self.tensors = tensors  # name -> (N, ...), N images
-        self.image_of_row = image_of_row  # (R,) which of the N images each row belongs to
-        self.images = len(next(iter(tensors.values())))
-        self._gathered = gathered if gathered is not None else {}  # shared by reorderings: the images last selected
-
-    def index_select(self, dim: int, indices: torch.Tensor) -> "PerImage":
-        assert dim == 0, "rows are on dim 0"
-        return PerImage(self.tensors, self.image_of_row.index_select(0, indices), self._gathered)
-
-    def step_inputs(self) -> dict[str, np.ndarray]:
-        """The per-image inputs of a step, one entry per group of rows: rows that come in equal
-        blocks per image (as beam search and sampling keep them) are one group per image; any
-        other order, one group per row."""
-        images, _ = image_blocks(self.image_of_row)  # (G,)
-        key = images.tolist()
-        if self._gathered.get("key") != key:  # a new selection: the first step, or images finished and left
-            every_image = key == list(range(self.images))
-            inputs = {name: _numpy(tensor if every_image else tensor.index_select(0, images)) for name, tensor in self.tensors.items()}  # (G, ...)
-            self._gathered.update(key=key, inputs=inputs)
-        return self._gathered["inputs"]
-
-
 class OnnxDecoder(nn.Module):
     """A decoder whose `init_state` and `step` run the exported prepare and step graphs; the
     searches of `decoding.py` use it like any decoder. State: per-row tensors by name, plus
-    `PerImage` under PER_IMAGE_STATE."""
+    an `ImageState` under PER_IMAGE_STATE, as the PyTorch decoder keeps it."""
 
     backend = "onnxruntime"  # what `Captioner.backend` reports
 
@@ -134,7 +104,7 @@ class OnnxDecoder(nn.Module):
         outputs = dict(zip(self.state_names, self.prepare_session.run(None, feed)))
         state: State = {name: torch.from_numpy(value) for name, value in outputs.items() if name not in self.per_image}
         if self.per_image:
-            state[PER_IMAGE_STATE] = PerImage({name: torch.from_numpy(outputs[name]) for name in self.per_image}, torch.arange(len(pooled)))
+            state[PER_IMAGE_STATE] = ImageState({name: torch.from_numpy(outputs[name]) for name in self.per_image}, torch.arange(len(pooled)))
         return state
 
     @torch.inference_mode()
@@ -142,7 +112,7 @@ class OnnxDecoder(nn.Module):
         feed = {"last_tokens": _numpy(last_tokens)}
         for name, value in state.items():
             if name == PER_IMAGE_STATE:
-                feed.update(value.step_inputs())
+                feed.update({name: _numpy(tensor) for name, tensor in value.grouped().items()})  # (G, ...) per image
             elif name in self.step_inputs:
                 feed[name] = _numpy(value)
         logits, *updated = self.step_session.run(None, feed)

@@ -16,10 +16,12 @@ An export folder holds:
     decoder_step.onnx      last_tokens (R,) + state -> logits (R, V) + the state's updated entries
 
 The decoder is exported as a step, so the search stays the one in `decoding.py`. For the
-Transformer, "prepare" computes each image's cross-attention keys and values once (keys stored
-transposed, (B, H, d, M), so no step transposes them) and the step extends a self-attention
-key/value cache by one position. Cross-attention state is kept once per image, not per beam: the
-step takes the rows grouped by image (G images x K rows each) and attends with K queries per image.
+Transformer, both graphs trace the PyTorch decoder's own code (`TransformerDecoder.init_state`
+and `cached_step`, through its `TransformerBlock`s): "prepare" computes each image's
+cross-attention keys and values once (keys transposed, (B, H, d, M), so no step transposes them)
+and the step extends a self-attention key/value cache by one position. Cross-attention state is
+kept once per image, not per beam: the step takes the rows grouped by image (G images x K rows
+each) and attends with K queries per image.
 Other decoders are traced through their own `init_state` / `step`, every state entry per row.
 
 Every file is written atomically and the manifest last, so a folder without a manifest is an
@@ -28,13 +30,11 @@ interrupted export.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
@@ -73,9 +73,8 @@ class DecoderGraphs:
 # ---- the Transformer: prepare once per image, then one token per step ---------------------------
 
 class _TransformerPrepare(nn.Module):
-    """Features (+ concept tokens) -> the starting state: memory_bias (B, 1, 1, M) 0 or -inf,
-    cross_keys{i} (B, H, d, M), cross_values{i} (B, H, M, d), position (B,) and empty self-attention
-    caches self_keys{i} (B, H, d, 0), self_values{i} (B, H, 0, d)."""
+    """`TransformerDecoder.init_state` with every tensor named: features (+ concept tokens) ->
+    the per-image `memory_state` and the per-row position (B,) and empty caches."""
 
     def __init__(self, decoder: TransformerDecoder, names: list[str]):
         super().__init__()
@@ -83,54 +82,29 @@ class _TransformerPrepare(nn.Module):
 
     def forward(self, grid: torch.Tensor, pooled: torch.Tensor, *concepts: torch.Tensor) -> tuple[torch.Tensor, ...]:
         state = self.decoder.init_state(Features(grid, pooled, Concepts(*concepts) if concepts else None))
-        state.update(state.pop("per_image"))  # the graphs name each per-image tensor
-        batch, heads, slots, head_dim = state["cross_keys0"].shape
-        state["memory_bias"] = pooled.new_zeros(batch, 1, 1, slots)
-        if "memory_mask" in state:  # (B, M) True = attend
-            state["memory_bias"] = state["memory_bias"].masked_fill(~state["memory_mask"][:, None, None, :], float("-inf"))
-        for index in range(len(self.decoder.layers.layers)):
-            state[f"cross_keys{index}"] = state[f"cross_keys{index}"].transpose(2, 3)  # (B, H, d, M)
-            state[f"self_keys{index}"] = pooled.new_zeros(batch, heads, head_dim, 0)
+        state.update(state.pop("per_image").tensors)  # the graphs name each per-image tensor
         return tuple(state[name] for name in self.names)
 
 
 class _TransformerStep(nn.Module):
-    """`TransformerDecoder.step` for rows grouped by image: rows (R = G * K,) of per-row state,
-    G images of per-image state. The same arithmetic as the PyTorch step, without transposes."""
+    """`TransformerDecoder.cached_step` with every tensor named: rows (R = G * K,) of per-row state,
+    G images of per-image state."""
 
     def __init__(self, decoder: TransformerDecoder):
         super().__init__()
         self.decoder = decoder
-        config = decoder.config
-        self.width, self.heads = config.embed_dim, config.num_heads
-        self.head_dim = self.width // self.heads
 
     def forward(self, last_tokens: torch.Tensor, position: torch.Tensor, memory_bias: torch.Tensor, *layer_state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        decoder, width, heads, head_dim = self.decoder, self.width, self.heads, self.head_dim
-        scale = 1.0 / math.sqrt(head_dim)
-        x = decoder.embedding(last_tokens) * math.sqrt(width) + decoder.position(position)  # (R, D)
-        updated = []
-        for index, layer in enumerate(decoder.layers.layers):
-            cross_keys, cross_values, self_keys, self_values = layer_state[4 * index : 4 * index + 4]
-            query, key, value = F.linear(layer.norm1(x), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, dim=-1)  # (R, D) each
-            self_keys = torch.cat([self_keys, key.reshape(-1, heads, head_dim, 1)], dim=3)  # (R, H, d, t)
-            self_values = torch.cat([self_values, value.reshape(-1, heads, 1, head_dim)], dim=2)  # (R, H, t, d)
-            updated += [self_keys, self_values]
-            weights = torch.softmax((query.reshape(-1, heads, 1, head_dim) * scale) @ self_keys, dim=-1)  # (R, H, 1, t)
-            x = x + layer.self_attn.out_proj((weights @ self_values).reshape(-1, width))
-            cross = layer.multihead_attn
-            query = F.linear(layer.norm2(x), cross.in_proj_weight[:width], cross.in_proj_bias[:width]) * scale  # (R, D)
-            images = cross_keys.shape[0]
-            query = query.reshape(images, -1, heads, head_dim).transpose(1, 2)  # (G, H, K, d)
-            weights = torch.softmax(query @ cross_keys + memory_bias, dim=-1)  # (G, H, K, M)
-            attended = (weights @ cross_values).transpose(1, 2).reshape(-1, width)  # (G, H, K, d) -> (R, D)
-            x = x + cross.out_proj(attended)
-            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
-        return (decoder.output(decoder.layers.norm(x)), position + 1, *updated)  # logits (R, V)
+        memory, caches = {"memory_bias": memory_bias}, []
+        for index in range(len(self.decoder.blocks)):
+            memory[f"cross_keys{index}"], memory[f"cross_values{index}"], self_keys, self_values = layer_state[4 * index : 4 * index + 4]
+            caches.append((self_keys, self_values))
+        logits, caches = self.decoder.cached_step(last_tokens, position, memory, caches)
+        return (logits, position + 1, *(tensor for cache in caches for tensor in cache))  # logits (R, V)
 
 
 def _transformer_graphs(decoder: TransformerDecoder) -> DecoderGraphs:
-    layers = range(len(decoder.layers.layers))
+    layers = range(len(decoder.blocks))
     per_image = ["memory_bias", *[f"{kind}{i}" for i in layers for kind in ("cross_keys", "cross_values")]]
     per_row = ["position", *[f"{kind}{i}" for i in layers for kind in ("self_keys", "self_values")]]
     step_state = ["position", "memory_bias", *[f"{kind}{i}" for i in layers for kind in ("cross_keys", "cross_values", "self_keys", "self_values")]]
@@ -150,7 +124,8 @@ def _transformer_graphs(decoder: TransformerDecoder) -> DecoderGraphs:
         state = dict(zip(per_image + per_row, _TransformerPrepare(decoder, per_image + per_row)(grid, grid.mean(dim=1), *concepts)))
     rows = torch.tensor([0, 0, 1, 1])
     example = {name: state[name] if name in per_image else state[name].index_select(0, rows) for name in step_state}
-    for index in layers:
+    for index in layers:  # keys in the graphs' layout, (…, H, d, S) (`transformer_block.keys_transposed`)
+        example[f"cross_keys{index}"] = example[f"cross_keys{index}"].transpose(2, 3)
         example[f"self_keys{index}"] = torch.randn(4, config.num_heads, config.embed_dim // config.num_heads, 1)
         example[f"self_values{index}"] = torch.randn(4, config.num_heads, 1, config.embed_dim // config.num_heads)
     outputs = ["logits", NEXT + "position", *[NEXT + f"{kind}{i}" for i in layers for kind in ("self_keys", "self_values")]]

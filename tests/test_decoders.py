@@ -1,11 +1,25 @@
 """Each decoder: shapes, teacher forcing equals step-by-step decoding, padding ignored, one-batch overfit."""
 import pytest
 import torch
+from torch import nn
 
 from captioner.config_checks import ConfigError
 from captioner.decoders import DecoderConfig, caption_loss
 from captioner.decoding import DecodingOptions, greedy
+from captioner.transformer_block import TransformerBlock, renamed_decoder_weights
 from helpers import KINDS, random_features, tiny_decoder
+
+
+def test_a_seed_gives_the_block_the_weights_it_gave_nn_transformer_decoder_layer():
+    """Training from a seed starts where it started before the block (same draws, same order)."""
+    torch.manual_seed(0)
+    layer = nn.TransformerDecoderLayer(32, 4, 128, 0.1, "gelu", batch_first=True, norm_first=True)
+    torch.manual_seed(0)
+    block = TransformerBlock(32, 4, 0.1)
+    expected = renamed_decoder_weights({f"layers.layers.0.{name}": value for name, value in layer.named_parameters()})
+    assert [name for name in expected] == [f"blocks.0.{name}" for name, _ in block.named_parameters()]  # the optimizer's order too
+    for (name, value), actual in zip(expected.items(), block.parameters()):
+        assert torch.equal(value, actual), name
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -123,7 +123,7 @@ def test_two_processes_train_on_shares_of_each_batch_and_end_as_one_process_woul
     assert main(arguments) == 0
     one = load_file(tmp_path / "one" / "last" / "model.safetensors")
     for name in one:
-        if name.endswith("in_proj_bias"):  # the key bias [E:2E] has no gradient (softmax ignores a shift): Adam makes rounding noise a step
+        if name.endswith("in_projection.bias"):  # the key bias [E:2E] has no gradient (softmax ignores a shift): Adam makes rounding noise a step
             width = one[name].shape[0] // 3
             saved[name], one[name] = (torch.cat([bias[:width], bias[2 * width :]]) for bias in (saved[name], one[name]))
         torch.testing.assert_close(saved[name], one[name], rtol=0, atol=1e-5, msg=name)  # measured: at most 2.3e-6 apart

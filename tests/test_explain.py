@@ -38,7 +38,7 @@ def test_transformer_pass_is_the_decoders_own():
     features, tokens = random_features(1), torch.tensor([[1, 5, 6, 7]])
     with torch.inference_mode():
         hidden, weights = transformer_cross_attention(decoder, features, tokens)
-        assert torch.allclose(decoder.output(decoder.layers.norm(hidden)), decoder(features, tokens), atol=1e-5)
+        assert torch.allclose(decoder.output(decoder.final_norm(hidden)), decoder(features, tokens), atol=1e-5)
     assert weights.shape == (2, 4, 5)  # layers, words, memory slots (pooled + 4 grid)
 
 
