@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from captioner import Captioner
-from captioner.image_state import ImageState
-from captioner.decoding import beam_search
+from captioner.model.image_state import ImageState
+from captioner.generation.decoding import beam_search
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # scikit-image's sample photos
 

@@ -43,8 +43,8 @@ def sample_photos(count: int) -> list[Path]:
 
 
 def bench_encoder(count: int) -> float:
-    from captioner.encoders import create_encoder
-    from captioner.features import FeatureCache
+    from captioner.model.encoders import create_encoder
+    from captioner.data.features import FeatureCache
 
     encoder = create_encoder("efficientnet-lite2")
     photos = sample_photos(count)
@@ -56,9 +56,9 @@ def bench_encoder(count: int) -> float:
 
 
 def bench_epochs(steps: int) -> dict[str, float]:
-    from captioner.decoders import DecoderConfig, Features, caption_loss, create_decoder
-    from captioner.training import TrainingConfig, make_optimizer
-    from captioner.training_batches import length_bucketed_batches
+    from captioner.model.decoders import DecoderConfig, Features, caption_loss, create_decoder
+    from captioner.training.loop import TrainingConfig, make_optimizer
+    from captioner.training.batches import length_bucketed_batches
 
     results = {}
     rng = np.random.default_rng(0)
@@ -153,8 +153,8 @@ def bench_engines(repeats: int, folder_photos: int, cache_photos: int) -> tuple[
     the two encoders only). Returns {figure: {engine: value}} and how many of the folder's
     captions the onnxruntime backend wrote word for word as the pytorch backend."""
     from captioner.api import Captioner
-    from captioner.encoders import create_encoder
-    from captioner.features import FeatureCache
+    from captioner.model.encoders import create_encoder
+    from captioner.data.features import FeatureCache
 
     engines = {ONNX: Captioner.from_pretrained(backend="onnxruntime"), PYTORCH: Captioner.from_pretrained(backend="pytorch"), PYTORCH_ENCODER: Captioner.from_pretrained(backend="pytorch")}
     engines[PYTORCH_ENCODER].encoder = create_encoder("efficientnet-lite2")
@@ -187,7 +187,7 @@ def bench_load(repeats: int = 3) -> dict[str, float]:
     """Seconds to load the shipped model (median): pytorch backend, onnxruntime backend from the
     model folder (exported in memory) and from an export folder (`captioner export --onnx`)."""
     from captioner.api import Captioner
-    from captioner.onnx_export import write_onnx_export
+    from captioner.runtimes.onnx_export import write_onnx_export
 
     with tempfile.TemporaryDirectory() as folder:
         write_onnx_export(Captioner.from_pretrained(backend="pytorch"), Path(folder) / "onnx")
@@ -217,7 +217,7 @@ def print_engines(figures: dict[str, dict[str, float]], same: int, photos: int) 
 
 PEAK_OF_CAPTION_COMMAND = """
 import sys
-from captioner.cli import main
+from captioner.cli.commands import main
 main(["caption", sys.argv[1]])
 # VmHWM is this process's own peak; rusage of a child would count the pages the fork shared with us.
 print([line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1], file=sys.stderr)

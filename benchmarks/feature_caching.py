@@ -41,7 +41,7 @@ def photos_of_size(count: int, size: tuple[int, int] | None, folder: Path) -> li
 
 
 def photos_per_second(encoder, photos: list[Path], workers: int, folder: Path) -> float:
-    from captioner.features import FeatureCache
+    from captioner.data.features import FeatureCache
 
     started = time.perf_counter()
     FeatureCache.build(folder, encoder, [str(i) for i in range(len(photos))], photos, workers=workers, progress=False)
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from captioner.encoders import create_encoder
+    from captioner.model.encoders import create_encoder
 
     encoder = create_encoder("efficientnet-lite2")  # ONNX Runtime on the CPU, as `captioner features` uses it
     print(f"feature caching, {args.photos} photos, {args.threads} threads, medians of {args.repeats} alternating runs (photos/s):")

@@ -1,7 +1,7 @@
 """How often the model's gender word disagrees with the references, on Flickr8k test.
 
 A photo counts when its references agree on a gender: every reference that names a person with a
-gendered word (man, woman, boy, girl, he, her, ...; `captioner.neutral.MALE` / `FEMALE`) uses only
+gendered word (man, woman, boy, girl, he, her, ...; `captioner.generation.neutral.MALE` / `FEMALE`) uses only
 male words, or only female words, and at least one does. Its beam-3 caption (plain words, as
 `captioner caption --plain` gives them) then names the same gender, the other one (a
 disagreement; "a man and a woman" counts as one too), or none. Printed as a JSON report; the
@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from captioner.neutral import gender_of  # noqa: E402
-from captioner.vocabulary import tokenize  # noqa: E402
+from captioner.generation.neutral import gender_of  # noqa: E402
+from captioner.model.vocabulary import tokenize  # noqa: E402
 
 
 def reference_gender(references: list[str]) -> str | None:
@@ -64,7 +64,7 @@ def main() -> int:
     import torch
 
     from captioner.api import Captioner
-    from captioner.datasets import load_dataset
+    from captioner.data.datasets import load_dataset
 
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.dataset)

@@ -39,8 +39,8 @@ def decode_rate(photos: list[Path]) -> float:
     """Photos/s one core reads, decodes and preprocesses for the encoder (the DataLoader worker's job)."""
     import torch
 
-    from captioner.encoders import PreprocessConfig, preprocess
-    from captioner.images import load_image
+    from captioner.model.encoders import PreprocessConfig, preprocess
+    from captioner.data.images import load_image
 
     torch.set_num_threads(1)
     config = PreprocessConfig()

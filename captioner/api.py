@@ -12,25 +12,25 @@ from typing import NamedTuple, Sequence, Union
 import torch
 from PIL import Image
 
-from .caption_style import PLAIN, SENTENCE, check_style, written
-from .checkpoint import CONFIG, load_concept_detector, load_model, read_metrics
-from .colour import saturation
-from .confidence import Calibration, caption_features, load_calibration
-from .concepts import ConceptDetector, ConceptTable, Tag, concept_inputs, concept_word_ids, imagenet_head, tags_from_probabilities
-from .config_checks import MAX_BEAM
-from .decoders import Features
-from .decoding import Constraints, DecodingOptions, Hypothesis, Phrases, beam_search, greedy, sample
-from .decoding_rules import DecodingRules, Evidence
+from .data.colour import saturation
+from .data.image_sources import ImageSource, is_one_image, read_image
 from .devices import one_cpu_thread, resolve_device
-from .encoders import PreprocessConfig, create_encoder, preprocess
 from .errors import CaptionerError, ImageError
-from .explain import Explanation, attention_over_grid, check_explainable, explanation, one_row, token_words
-from .image_sources import ImageSource, is_one_image, read_image
-from .model_config import ConceptSettings, ModelConfig
-from .onnx_backend import check_backend, is_onnx_export, load_onnx_captioner
-from .onnx_encoder import encoder_on
-from .subject import Subject, SubjectRule, SubjectSettings, render
-from .word_repeats import once_groups
+from .generation.caption_style import PLAIN, SENTENCE, check_style, written
+from .generation.confidence import Calibration, caption_features, load_calibration
+from .generation.decoding import Constraints, DecodingOptions, Hypothesis, Phrases, beam_search, greedy, sample
+from .generation.explain import Explanation, attention_over_grid, check_explainable, explanation, one_row, token_words
+from .generation.rules import DecodingRules, Evidence
+from .generation.subject import Subject, SubjectRule, SubjectSettings, render
+from .generation.word_repeats import once_groups
+from .model.checkpoint import CONFIG, load_concept_detector, load_model, read_metrics
+from .model.concepts import ConceptDetector, ConceptTable, Tag, concept_inputs, concept_word_ids, imagenet_head, tags_from_probabilities
+from .model.config import ConceptSettings, ModelConfig
+from .model.config_checks import MAX_BEAM
+from .model.decoders import Features
+from .model.encoders import PreprocessConfig, create_encoder, preprocess
+from .runtimes.onnx_backend import check_backend, is_onnx_export, load_onnx_captioner
+from .runtimes.onnx_encoder import encoder_on
 
 DEFAULT_MODEL = "flickr8k-default"
 DEFAULT_BACKEND = "pytorch"  # for model folders; export folders run on onnxruntime
@@ -94,7 +94,7 @@ class Captioner:
         self.encoder = encoder.to(device)
         self.decoder = decoder.to(device).eval()
         self.vocabulary = vocabulary
-        self.config = config  # config.json, typed (`model_config.py`); change it with `with_config`
+        self.config = config  # config.json, typed (`model/config.py`); change it with `with_config`
         self.path = path
         self.device = torch.device(device)
         self._set_concepts(config.concept_settings, concept_detector)
@@ -191,7 +191,7 @@ class Captioner:
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write this model as a folder that `from_pretrained(path)` loads back to the same captions.
         `dtype`: float type of the weights; None keeps the loaded folder's (float16 stays float16)."""
-        from .model_folders import save_captioner
+        from .model.folders import save_captioner
 
         return save_captioner(self, Path(path), dtype)
 

@@ -1,4 +1,4 @@
-"""Fit a model's confidence (`captioner/confidence.py`) on labelled dev photos and write its calibration.json.
+"""Fit a model's confidence (`captioner/generation/confidence.py`) on labelled dev photos and write its calibration.json.
 
 Captions every photo of the dev folders with the model (beam 3, its 3 best captions), labels each
 caption acceptable or not, fits the logistic confidence on the features `caption_features` computes
@@ -10,9 +10,9 @@ into the model folder. Only dev data: never a test split.
 
 Acceptable (subject named, nothing false):
 - imagenet-sample-dev: the caption names the photo (its labelled words), names no other animal, and
-  does not call a colour photo black and white (`captioner/labelled_photos.py`);
+  does not call a colour photo black and white (`captioner/evaluation/labelled_photos.py`);
 - coco-mini-dev: the caption names at least one labelled object and no COCO object that is absent
-  from the photo's labels and references (CHAIR's check, `captioner/chair.py`), and no "black and white"
+  from the photo's labels and references (CHAIR's check, `captioner/evaluation/chair.py`), and no "black and white"
   on a colour photo;
 - Flickr8k dev: the same, with the objects its five references name as the labels (the photos are
   of people and dogs, which COCO's "person" and "dog" cover).
@@ -33,16 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from captioner.api import Captioner, pretrained_path  # noqa: E402
-from captioner.chair import ground_truth_objects  # noqa: E402
-from captioner.lexicon import mentioned_objects, normalise_object  # noqa: E402
-from captioner.colour import COLOUR_SATURATION, mean_saturation  # noqa: E402
-from captioner.concepts import Tag  # noqa: E402
-from captioner.confidence import (  # noqa: E402
+from captioner.evaluation.chair import ground_truth_objects  # noqa: E402
+from captioner.data.lexicon import mentioned_objects, normalise_object  # noqa: E402
+from captioner.data.colour import COLOUR_SATURATION, mean_saturation  # noqa: E402
+from captioner.model.concepts import Tag  # noqa: E402
+from captioner.generation.confidence import (  # noqa: E402
     CALIBRATION, DEFAULT_BANDS, FEATURES, Band, Calibration, caption_features, feature_matrix, fit_logistic, reliability, save_calibration,
 )
-from captioner.datasets import load_dataset  # noqa: E402
-from captioner.images import load_image  # noqa: E402
-from captioner.labelled_photos import photo_results, read_labelled_folder, says_black_and_white  # noqa: E402
+from captioner.data.datasets import load_dataset  # noqa: E402
+from captioner.data.images import load_image  # noqa: E402
+from captioner.evaluation.labelled_photos import photo_results, read_labelled_folder, says_black_and_white  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 

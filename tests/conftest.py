@@ -28,8 +28,8 @@ def example_photos() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def encoder():
-    from captioner.encoders import create_encoder
-    from captioner.onnx_encoder import encoder_on
+    from captioner.model.encoders import create_encoder
+    from captioner.runtimes.onnx_encoder import encoder_on
 
     return encoder_on(create_encoder("efficientnet-lite2"), torch.device("cpu"))  # as captioning runs it on the CPU
 

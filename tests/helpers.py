@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from captioner.cli import main
-from captioner.decoders import DecoderConfig, Features, create_decoder
+from captioner.cli.commands import main
+from captioner.model.decoders import DecoderConfig, Features, create_decoder
 
 KINDS = ("merge", "attention", "transformer")
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from captioner import Caption, Captioner, CaptionerError, ImageError, list_models
 from captioner.api import pretrained_path
-from captioner.caption_style import sentence, written
-from captioner.image_sources import fetch_url, read_image
+from captioner.generation.caption_style import sentence, written
+from captioner.data.image_sources import fetch_url, read_image
 from conftest import EXAMPLES, ROOT
 from url_server import LARGE, PhotoServer
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from captioner.api import Captioner, pretrained_path
-from captioner.cli import main
+from captioner.cli.commands import main
 from captioner.errors import CaptionerError
 from conftest import EXAMPLES
 from helpers import one_line_error
@@ -92,7 +92,7 @@ def test_force_keeps_the_good_run_until_the_new_one_has_a_checkpoint(tmp_path, c
 
     # A failure after the checks (here: the disk fills while features are cached): the old run is put back
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("captioner.training.feature_cache", fail_to_cache)
+        patch.setattr("captioner.training.loop.feature_cache", fail_to_cache)
         assert main(train_arguments(tiny_dataset, output, cache, "--force")) == 2
     assert (output / "best" / "model.safetensors").read_bytes() == good and (output / "notes.txt").read_text() == "my notes"
     assert sorted(p.name for p in output.iterdir()) == sorted(["best", "last", "history.json", "history.png", "training_config.json", "notes.txt"])
@@ -109,7 +109,7 @@ def fail_to_cache(*args, **kwargs):
 
 def test_failed_fresh_run_leaves_nothing_behind(tmp_path, monkeypatch, tiny_dataset):
     output = tmp_path / "run"
-    monkeypatch.setattr("captioner.training.feature_cache", fail_to_cache)
+    monkeypatch.setattr("captioner.training.loop.feature_cache", fail_to_cache)
     assert main(train_arguments(tiny_dataset, output, tmp_path / "cache")) == 2
     assert not output.exists()  # so the rerun is not refused
 
@@ -191,7 +191,7 @@ def test_a_damaged_run_is_refused_on_resume_in_one_line_before_any_work(tmp_path
     shutil.copytree(trained_run, run)
     damage(run)
     before = _files(run)
-    monkeypatch.setattr("captioner.training.load_dataset", lambda *args, **kwargs: pytest.fail("went on to load the dataset"))
+    monkeypatch.setattr("captioner.training.loop.load_dataset", lambda *args, **kwargs: pytest.fail("went on to load the dataset"))
     err = one_line_error(capsys, ["--threads", "1", "train", "--output", str(run), "--resume", "--epochs", "2", "--quiet"])
     assert named in err and ("start the run again with --force" in err), err
     assert _files(run) == before  # nothing written or lost

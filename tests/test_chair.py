@@ -4,9 +4,9 @@ from fractions import Fraction
 
 import pytest
 
-from captioner.chair import chair, ground_truth_objects
-from captioner.lexicon import coco_categories, mentioned_objects, normalise_object, object_mentions
-from captioner.datasets import ImageRecord
+from captioner.evaluation.chair import chair, ground_truth_objects
+from captioner.data.lexicon import coco_categories, mentioned_objects, normalise_object, object_mentions
+from captioner.data.datasets import ImageRecord
 from conftest import COCO_MINI_DEV, needs_coco_mini_dev
 
 
@@ -102,7 +102,7 @@ def test_chair_with_ground_truth_sets_and_edge_cases():
 
 @needs_coco_mini_dev
 def test_evaluate_on_coco_mini_dev_reports_chair(tmp_path):
-    from captioner.evaluation import evaluate_model
+    from captioner.evaluation.scoring import evaluate_model
 
     report = evaluate_model(None, str(COCO_MINI_DEV), beam_sizes=[1], limit=10, output=str(tmp_path / "eval"),
                             cache=str(tmp_path / "cache"), progress=False)

@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from captioner.checkpoint import load_model, save_model
+from captioner.model.checkpoint import load_model, save_model
 from captioner.errors import CheckpointError
-from captioner.transformer_block import renamed_decoder_weights
-from captioner.vocabulary import Vocabulary
+from captioner.model.transformer_block import renamed_decoder_weights
+from captioner.model.vocabulary import Vocabulary
 from helpers import KINDS, random_features, tiny_decoder
 
 VOCABULARY = Vocabulary([f"w{i}" for i in range(16)])  # 20 ids with the specials

@@ -4,7 +4,7 @@ import random
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
-from captioner.cider import CiderD
+from captioner.evaluation.cider import CiderD
 
 WORDS = "a the dog man woman boy girl runs jumps sits on in grass water ball red blue black white park street".split()
 

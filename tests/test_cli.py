@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from captioner.cli import main
+from captioner.cli.commands import main
 from conftest import EXAMPLES, ROOT
 from helpers import one_line_error
 
@@ -201,10 +201,10 @@ def test_export_gives_a_model_the_concepts_of_another(tmp_path, encoder):
     import torch
 
     from captioner.api import Captioner, pretrained_path
-    from captioner.checkpoint import read_config, save_model
-    from captioner.concepts import PERSON_OUTPUT, ConceptDetector, ConceptTable, imagenet_head
+    from captioner.model.checkpoint import read_config, save_model
+    from captioner.model.concepts import PERSON_OUTPUT, ConceptDetector, ConceptTable, imagenet_head
     from helpers import tiny_decoder
-    from captioner.vocabulary import Vocabulary
+    from captioner.model.vocabulary import Vocabulary
 
     shipped = read_config(pretrained_path())
     words = ["dog", "grass", PERSON_OUTPUT]
@@ -358,7 +358,7 @@ def test_inputs_are_deduplicated_and_matched_by_resolved_path(tmp_path, capsys, 
 
 def test_a_second_run_on_one_output_is_refused(tmp_path, capsys, monkeypatch):
     from captioner.api import Captioner
-    from captioner.output_lock import OutputLock
+    from captioner.batch.output_lock import OutputLock
 
     output = tmp_path / "captions.jsonl"
     output.write_text("")

@@ -3,17 +3,17 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.caption_text import flickr30k_id, read_caption_text
-from captioner.checkpoint import load_concept_detector, load_model, save_model
-from captioner.concept_training import ConceptMatcher, ConceptNoise, SourceNoise, TextExamples, choose_detector_words, train_word_detector
-from captioner.concepts import (
+from captioner.data.caption_text import flickr30k_id, read_caption_text
+from captioner.model.checkpoint import load_concept_detector, load_model, save_model
+from captioner.training.concepts import ConceptMatcher, ConceptNoise, SourceNoise, TextExamples, choose_detector_words, train_word_detector
+from captioner.model.concepts import (
     PERSON_OUTPUT, SOURCE_DETECTOR, SOURCE_IMAGENET, ConceptDetector, ConceptTable, Concepts, WordDetector, concept_inputs, guarded_words,
     imagenet_head, person_by_class, singular,
 )
-from captioner.decoders import Features
-from captioner.decoding import beam_search, greedy
+from captioner.model.decoders import Features
+from captioner.generation.decoding import beam_search, greedy
 from captioner.errors import CheckpointError, DatasetError
-from captioner.vocabulary import Vocabulary
+from captioner.model.vocabulary import Vocabulary
 from helpers import random_features, tiny_decoder
 
 
@@ -227,7 +227,7 @@ def test_a_guarded_word_is_banned_where_imagenet_does_not_see_it(shipped_caption
     from dataclasses import replace
 
     from captioner.api import Captioner
-    from captioner.model_config import ConceptSettings
+    from captioner.model.config import ConceptSettings
 
     config = replace(shipped_captioner.config, concepts=ConceptSettings(guarded_words=["dog", "cat"], guard_floor=0.02, person_threshold=0.0))
     detector = ConceptDetector(ConceptTable.load(), imagenet_head(shipped_captioner.encoder), [], 1280)

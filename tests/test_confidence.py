@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-from captioner.alt_text import tags_alt_text
+from captioner.generation.alt_text import tags_alt_text
 from captioner.api import Captioner, pretrained_path
-from captioner.concepts import ConceptTable, Tag
-from captioner.confidence import (
+from captioner.model.concepts import ConceptTable, Tag
+from captioner.generation.confidence import (
     CALIBRATION, FEATURES, Calibration, caption_features, feature_matrix, fit_logistic, load_calibration, reliability, save_calibration,
 )
 from captioner.errors import CheckpointError
@@ -129,7 +129,7 @@ def test_the_shipped_model_gives_each_caption_a_confidence(shipped_captioner):
 
 
 def test_cli_json_and_output_records_carry_each_captions_confidence(tmp_path, capsys):
-    from captioner.cli import main
+    from captioner.cli.commands import main
 
     photo = str(EXAMPLES / "chelsea.jpg")
     assert main(["--threads", "1", "caption", "--json", "--num-captions", "2", photo]) == 0
@@ -143,7 +143,7 @@ def test_cli_json_and_output_records_carry_each_captions_confidence(tmp_path, ca
 
 def test_cli_without_calibration_writes_null_confidence_with_a_note(uncalibrated_model, capsys, monkeypatch):
     from captioner import confidence
-    from captioner.cli import main
+    from captioner.cli.commands import main
 
     monkeypatch.setattr(confidence, "_noted", set())
     assert main(["--threads", "1", "caption", "--json", "--model", str(uncalibrated_model), str(EXAMPLES / "chelsea.jpg")]) == 0
@@ -153,7 +153,7 @@ def test_cli_without_calibration_writes_null_confidence_with_a_note(uncalibrated
 
 def test_parquet_shards_hold_the_confidence(tmp_path):
     pyarrow = pytest.importorskip("pyarrow.parquet", reason="pyarrow comes with the ray extra")
-    from captioner.caption_shards import ShardFolder
+    from captioner.batch.caption_shards import ShardFolder
 
     writer = ShardFolder(tmp_path / "shards", "parquet").writer(shard_size=10)
     writer.write({"path": "a.jpg", "captions": [{"text": "a cat", "score": -1.0, "confidence": 0.8}], "tags": []})
@@ -164,7 +164,7 @@ def test_parquet_shards_hold_the_confidence(tmp_path):
 
 
 def test_export_copies_the_calibration_unless_the_captions_change(tmp_path, capsys):
-    from captioner.cli import main
+    from captioner.cli.commands import main
 
     assert main(["export", "--model", str(pretrained_path()), "--output", str(tmp_path / "copy")]) == 0
     assert (tmp_path / "copy" / CALIBRATION).read_bytes() == (pretrained_path() / CALIBRATION).read_bytes()

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from captioner.decoders import Features
-from captioner.decoding import DecodingOptions, beam_search, greedy, normalised_score
-from captioner.vocabulary import Vocabulary
+from captioner.model.decoders import Features
+from captioner.generation.decoding import DecodingOptions, beam_search, greedy, normalised_score
+from captioner.model.vocabulary import Vocabulary
 from helpers import random_features, tiny_decoder
 
 WORDS = (4, 5, 6, 7)  # the tiny vocabulary's words (0-3 are <pad> <bos> <eos> <unk>)

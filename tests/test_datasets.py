@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from captioner.datasets import hash_split, load_dataset
+from captioner.data.datasets import hash_split, load_dataset
 from captioner.errors import DatasetError
 from conftest import COCO_MINI_DEV, FLICKR8K, needs_coco_mini_dev, needs_flickr8k
 
@@ -249,7 +249,7 @@ def test_each_json_file_is_parsed_once(tmp_path, monkeypatch, name, content):
 
 def test_json_readers_keep_only_the_fields_they_use(tmp_path):
     write_coco_official(tmp_path / "coco")
-    from captioner.datasets import INSTANCE_FIELDS, _read_json
+    from captioner.data.datasets import INSTANCE_FIELDS, _read_json
 
     instances = _read_json(tmp_path / "coco" / "instances_train2014.json", INSTANCE_FIELDS)
     assert instances == {"categories": [{"id": 18, "name": "dog"}], "annotations": [{"id": 7, "image_id": 2, "category_id": 18}]}

@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from captioner.config_checks import ConfigError
-from captioner.decoders import DecoderConfig, caption_loss
-from captioner.decoding import DecodingOptions, greedy
-from captioner.transformer_block import TransformerBlock, renamed_decoder_weights
+from captioner.model.config_checks import ConfigError
+from captioner.model.decoders import DecoderConfig, caption_loss
+from captioner.generation.decoding import DecodingOptions, greedy
+from captioner.model.transformer_block import TransformerBlock, renamed_decoder_weights
 from helpers import KINDS, random_features, tiny_decoder
 
 

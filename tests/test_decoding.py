@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from captioner.decoders import Features
-from captioner.decoding import DecodingOptions, beam_search, greedy, sample
-from captioner.vocabulary import Vocabulary
+from captioner.model.decoders import Features
+from captioner.generation.decoding import DecodingOptions, beam_search, greedy, sample
+from captioner.model.vocabulary import Vocabulary
 from helpers import KINDS, random_features, tiny_decoder
 
 
@@ -95,7 +95,7 @@ def test_sampling_is_repeatable_with_a_seed():
 
 
 def test_bias_is_added_and_immediate_repeats_and_once_words_are_banned():
-    from captioner.decoding import DecodingOptions, _mask_logits
+    from captioner.generation.decoding import DecodingOptions, _mask_logits
 
     bias = torch.zeros(2, 10)
     bias[:, 5] = -2.0  # an unsupported object word
@@ -168,9 +168,9 @@ def test_length_penalty_decides_between_a_short_and_a_long_caption(length_penalt
 
 
 def test_words_but_function_words_are_said_once_in_any_form():
-    from captioner.decoding import DecodingOptions, _mask_logits
-    from captioner.vocabulary import Vocabulary
-    from captioner.word_repeats import once_groups
+    from captioner.generation.decoding import DecodingOptions, _mask_logits
+    from captioner.model.vocabulary import Vocabulary
+    from captioner.generation.word_repeats import once_groups
 
     vocabulary = Vocabulary(["a", "and", "in", "chair", "chairs", "black", "shirt", "plate", "men", "man"])
     ids = vocabulary.stoi

@@ -57,7 +57,7 @@ def test_a_misspelt_device_is_a_usage_error(capsys):
 
 
 def test_caption_on_the_cpu_by_name(capsys):
-    from captioner.cli import main
+    from captioner.cli.commands import main
 
     assert main(["caption", str(EXAMPLES / "chelsea.jpg"), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.count("\t") == 1

@@ -97,8 +97,8 @@ def _arguments(dataset: Path, cache: Path, output: Path, epochs: int = 2) -> lis
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this PyTorch build has no torch.distributed")
 def test_two_processes_train_on_shares_of_each_batch_and_end_as_one_process_would(tmp_path, shapes, monkeypatch):
-    import captioner.training
-    from captioner.cli import main
+    import captioner.training.loop
+    from captioner.cli.commands import main
 
     dataset, cache = shapes
     # Without dropout both runs compute the same function; with the shares weighed by their tokens
@@ -118,7 +118,7 @@ def test_two_processes_train_on_shares_of_each_batch_and_end_as_one_process_woul
     assert [result.stdout.count(line) for line in ("epoch 1:", "epoch 2:", "best model:")] == [1, 1, 1]  # rank 0 alone logs
 
     seen = Seen()
-    monkeypatch.setattr(captioner.training, "create_decoder", record_training_batches(captioner.training.create_decoder, seen))
+    monkeypatch.setattr(captioner.training.loop, "create_decoder", record_training_batches(captioner.training.loop.create_decoder, seen))
     arguments[arguments.index(str(tmp_path / "two"))] = str(tmp_path / "one")
     assert main(arguments) == 0
     one = load_file(tmp_path / "one" / "last" / "model.safetensors")
@@ -143,21 +143,21 @@ def test_two_processes_train_on_shares_of_each_batch_and_end_as_one_process_woul
 
 
 def test_resume_keeps_the_runs_vocabulary_and_schedule_when_the_data_changed(tmp_path, shapes, monkeypatch):
-    import captioner.training
-    from captioner.cli import main
-    from captioner.training import TrainingConfig, learning_rate_at
+    import captioner.training.loop
+    from captioner.cli.commands import main
+    from captioner.training.loop import TrainingConfig, learning_rate_at
 
     dataset = make_shapes_dataset(tmp_path / "data")
     cache = shapes[1]
     output = tmp_path / "run"
-    plot = captioner.training.plot_history
+    plot = captioner.training.loop.plot_history
 
     def plot_then_stop(history, path):
         plot(history, path)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(captioner.training, "plot_history", plot_then_stop)
+        patch.setattr(captioner.training.loop, "plot_history", plot_then_stop)
         assert main(_arguments(dataset, cache, output, epochs=3)) == 130
     vocabulary = json.loads((output / "last" / "vocabulary.json").read_text())
     first = json.loads((output / "last" / "training_state.json").read_text())
@@ -177,7 +177,7 @@ def test_resume_keeps_the_runs_vocabulary_and_schedule_when_the_data_changed(tmp
 
 def test_a_device_that_is_not_here_is_refused_before_anything_is_written(tmp_path, capsys, shapes):
     from captioner.errors import CaptionerError
-    from captioner.training import TrainingConfig, train
+    from captioner.training.loop import TrainingConfig, train
     from helpers import one_line_error
 
     if torch.cuda.is_available():
@@ -191,9 +191,9 @@ def test_a_device_that_is_not_here_is_refused_before_anything_is_written(tmp_pat
 
 
 def test_a_batch_smaller_than_the_number_of_processes_is_refused_before_anything_is_written(tmp_path, shapes):
-    from captioner.distributed import ProcessGroup
+    from captioner.training.distributed import ProcessGroup
     from captioner.errors import CaptionerError
-    from captioner.training import TrainingConfig, _check_and_train
+    from captioner.training.loop import TrainingConfig, _check_and_train
 
     config = TrainingConfig(dataset=str(shapes[0]), output=str(tmp_path / "run"), cache=str(tmp_path / "cache"), batch_size=3)
     with pytest.raises(CaptionerError, match="batch_size 3 gives 3 examples a step for 4 processes"):
@@ -202,15 +202,15 @@ def test_a_batch_smaller_than_the_number_of_processes_is_refused_before_anything
 
 
 if __name__ == "__main__":  # one process of the torchrun test
-    import captioner.training
+    import captioner.training.loop
 
     folder, rank = Path(sys.argv.pop(1)), os.environ["RANK"]
     seen = Seen()
-    captioner.training.create_decoder = record_training_batches(captioner.training.create_decoder, seen)
+    captioner.training.loop.create_decoder = record_training_batches(captioner.training.loop.create_decoder, seen)
     try:
         runpy.run_module("captioner", run_name="__main__", alter_sys=True)
     finally:
-        from captioner.checkpoint import unique_state_dict
+        from captioner.model.checkpoint import unique_state_dict
 
         save_file(unique_state_dict(seen.decoder), folder / f"rank{rank}.safetensors")
         (folder / f"rank{rank}.json").write_text(json.dumps(list(seen)))

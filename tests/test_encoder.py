@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.encoders import ENCODERS, PreprocessConfig, classify, create_encoder, preprocess
+from captioner.model.encoders import ENCODERS, PreprocessConfig, classify, create_encoder, preprocess
 from captioner.errors import CaptionerError
-from captioner.images import load_image
+from captioner.data.images import load_image
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE_CLASSES = {967, 968}  # espresso, cup
@@ -65,7 +65,7 @@ def test_folded_encoder_matches_the_package_network(encoder):
 
 
 def test_onnx_runtime_encoder_matches_pytorch(encoder, example_photos):
-    from captioner.onnx_encoder import OnnxRuntimeEncoder
+    from captioner.runtimes.onnx_encoder import OnnxRuntimeEncoder
 
     assert isinstance(encoder, OnnxRuntimeEncoder)  # the default on the CPU where onnxruntime is installed
     plain = create_encoder("efficientnet-lite2")
@@ -81,7 +81,7 @@ def test_onnx_runtime_encoder_matches_pytorch(encoder, example_photos):
 def test_without_onnx_runtime_the_encoder_is_pytorch(monkeypatch):
     import builtins
 
-    from captioner.onnx_encoder import OnnxRuntimeEncoder
+    from captioner.runtimes.onnx_encoder import OnnxRuntimeEncoder
 
     real_import = builtins.__import__
 
@@ -91,7 +91,7 @@ def test_without_onnx_runtime_the_encoder_is_pytorch(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
-    from captioner.onnx_encoder import encoder_on
+    from captioner.runtimes.onnx_encoder import encoder_on
 
     encoder = encoder_on(create_encoder("efficientnet-lite0"), torch.device("cpu"))
     assert not isinstance(encoder, OnnxRuntimeEncoder)

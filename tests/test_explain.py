@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.attention_figure import draw_explanation, figure_size, save_new_png
+from captioner.generation.attention_figure import draw_explanation, figure_size, save_new_png
 from captioner.errors import CaptionerError
-from captioner.explain import Explanation, attention_over_grid, check_explainable, transformer_cross_attention
+from captioner.generation.explain import Explanation, attention_over_grid, check_explainable, transformer_cross_attention
 from conftest import EXAMPLES
 from helpers import one_line_error, random_features, tiny_decoder
 
@@ -78,7 +78,7 @@ def test_saving_never_replaces_a_file(tmp_path):
 
 
 def test_caption_explain_writes_a_png_per_photo(tmp_path, capsys):
-    from captioner.cli import main
+    from captioner.cli.commands import main
 
     folder = tmp_path / "maps" / "new"  # made, parents and all
     photos = [EXAMPLES / "chelsea.jpg", EXAMPLES / "coffee.jpg"]

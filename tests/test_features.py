@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.cached_decoding import batch_features
-from captioner.datasets import CaptionDataset, ImageRecord
-from captioner.encoders import PreprocessConfig
+from captioner.generation.cached_decoding import batch_features
+from captioner.data.datasets import CaptionDataset, ImageRecord
+from captioner.model.encoders import PreprocessConfig
 from captioner.errors import CaptionerError
-from captioner.features import UNREADABLE, FeatureCache, feature_cache, records_with_features
-from captioner.images import load_image
+from captioner.data.features import UNREADABLE, FeatureCache, feature_cache, records_with_features
+from captioner.data.images import load_image
 
 
 def test_cache_matches_encoder_and_resumes(tmp_path, encoder, example_photos):
@@ -56,7 +56,7 @@ def photo_dataset(folder, example_photos, corrupt: tuple[str, ...] = ()) -> Capt
 
 
 def test_cache_made_with_other_preprocessing_or_format_is_detected_and_rebuilt(tmp_path, monkeypatch, encoder, example_photos):
-    import captioner.features
+    import captioner.data.features
 
     dataset = photo_dataset(tmp_path / "photos", example_photos)
     keys, messages = [r.image for r in dataset.records], []
@@ -73,7 +73,7 @@ def test_cache_made_with_other_preprocessing_or_format_is_detected_and_rebuilt(t
     assert len(messages) == 1 and first.folder.name in messages[0] and "other preprocessing" in messages[0]
 
     with monkeypatch.context() as patch:  # a newer cache format
-        patch.setattr(captioner.features, "FORMAT_VERSION", captioner.features.FORMAT_VERSION + 1)
+        patch.setattr(captioner.data.features, "FORMAT_VERSION", captioner.data.features.FORMAT_VERSION + 1)
         messages.clear()
         newer = feature_cache(dataset, encoder.name, tmp_path / "cache", keys, encoder=encoder, device="cpu", progress=False, log=messages.append)
         assert newer.folder not in (first.folder, other.folder) and newer.complete
@@ -111,9 +111,9 @@ def test_unreadable_photo_is_skipped_logged_and_not_retried_until_asked(tmp_path
     assert torch.allclose(cache.load(keys[:4])[0].float(), expected_grid, atol=2e-2, rtol=1e-2)
 
     # A resumed run does not try the photo again; a retry does, and finds it mended.
-    import captioner.features
+    import captioner.data.features
 
-    monkeypatch.setattr(captioner.features.FeatureCache, "build", lambda *args, **kwargs: pytest.fail("rebuilt a complete cache"))
+    monkeypatch.setattr(captioner.data.features.FeatureCache, "build", lambda *args, **kwargs: pytest.fail("rebuilt a complete cache"))
     assert feature_cache(dataset, encoder.name, tmp_path / "cache", keys, encoder=encoder, device="cpu", progress=False).unreadable == ["broken.jpg"]
     monkeypatch.undo()
     shutil.copy(example_photos[0], tmp_path / "photos" / "broken.jpg")
@@ -231,7 +231,7 @@ def test_a_damaged_cache_that_cannot_be_moved_aside_is_refused_in_one_line(tmp_p
 
 
 def test_features_command_rebuilds_a_damaged_cache_saying_so_in_one_line(tmp_path, capsys, example_photos):
-    from captioner.cli import main
+    from captioner.cli.commands import main
 
     dataset = photo_dataset(tmp_path / "photos", example_photos)
     rows = [{"image": r.image, "caption": r.captions[0], "split": r.split} for r in dataset.records]

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from captioner.errors import ImageError
-from captioner.images import load_image
+from captioner.data.images import load_image
 from mutations import FORMAT_MUTATIONS, MUTATIONS, mutated_photo
 
 CASES = 1500

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import captioner.images
-from captioner.cli import main
+import captioner.data.images
+from captioner.cli.commands import main
 from captioner.errors import ImageError
-from captioner.images import find_images, load_image
+from captioner.data.images import find_images, load_image
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -232,7 +232,7 @@ import sys, types
 package = types.ModuleType("captioner")  # the image module alone: the package's __init__ would import torch
 package.__path__ = [sys.argv[1]]
 sys.modules["captioner"] = package
-from captioner.images import load_image
+from captioner.data.images import load_image
 
 def peak_mib():  # VmHWM starts afresh with the process, unlike ru_maxrss, which a child inherits from its parent
     with open("/proc/self/status") as status:
@@ -256,7 +256,7 @@ def test_peak_memory_of_the_costliest_uploads(tmp_path):
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    package = str(Path(captioner.images.__file__).parent)
+    package = str(Path(captioner.data.images.__file__).parent)
     result = subprocess.run([sys.executable, "-c", PEAK_MEMORY, package, *(str(tmp_path / name) for name in files)],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
@@ -290,7 +290,7 @@ def many_scan_jpeg(side: int, scans: int) -> bytes:
 
 
 def test_jpeg_layout_counts_scans_and_the_coefficient_buffer():
-    from captioner.jpeg_layout import read_jpeg_layout
+    from captioner.data.jpeg_layout import read_jpeg_layout
 
     baseline, progressive = encode(RGB, "JPEG"), encode(RGB, "JPEG", progressive=True, subsampling=0)
     assert (read_jpeg_layout(baseline, RGB.size).scans, read_jpeg_layout(baseline, RGB.size).coefficient_bytes) == (1, 0)
@@ -351,7 +351,7 @@ def test_any_exception_while_decoding_is_the_photos_one_line_error(monkeypatch, 
         raise failure
 
     sources = (encode(RGB, "PNG"), Image.open(io.BytesIO(encode(RGB.convert("P"), "PNG"))))  # bytes, and a PIL image not yet decoded
-    monkeypatch.setattr(captioner.images.ImageFile.ImageFile, "load", failing_load)
+    monkeypatch.setattr(captioner.data.images.ImageFile.ImageFile, "load", failing_load)
     for source in sources:
         with pytest.raises(ImageError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
             load_image(source)
@@ -363,7 +363,7 @@ def test_keyboard_interrupt_while_decoding_is_not_swallowed(monkeypatch):
         raise KeyboardInterrupt
 
     data = encode(RGB, "PNG")
-    monkeypatch.setattr(captioner.images.ImageFile.ImageFile, "load", interrupted)
+    monkeypatch.setattr(captioner.data.images.ImageFile.ImageFile, "load", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load_image(data)
 
@@ -399,8 +399,8 @@ def test_caption_output_writes_the_good_records_past_a_bad_photo(bad_and_good, t
 
 
 def test_feature_caching_skips_the_bad_photo(bad_and_good, tmp_path, encoder):
-    from captioner.datasets import CaptionDataset, ImageRecord
-    from captioner.features import feature_cache
+    from captioner.data.datasets import CaptionDataset, ImageRecord
+    from captioner.data.features import feature_cache
 
     dataset = CaptionDataset("photos", bad_and_good, [ImageRecord("bad.tif", ["a photo"], "train"), ImageRecord("good.jpg", ["a photo"], "train")])
     cache = feature_cache(dataset, encoder.name, tmp_path / "cache", ["bad.tif", "good.jpg"], encoder=encoder, device="cpu", workers=0, progress=False, log=lambda _: None)

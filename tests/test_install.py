@@ -23,7 +23,7 @@ class Missing:
         return None
 
 sys.meta_path.insert(0, Missing())
-from captioner.cli import main
+from captioner.cli.commands import main
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.cli import main
-from captioner.labelled_photos import photo_results, read_labelled_folder, summarise
+from captioner.cli.commands import main
+from captioner.evaluation.labelled_photos import photo_results, read_labelled_folder, summarise
 from helpers import one_line_error
 
 

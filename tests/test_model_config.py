@@ -6,11 +6,11 @@ import json
 import pytest
 
 from captioner.api import pretrained_path
-from captioner.checkpoint import read_config
-from captioner.config_checks import ConfigError
+from captioner.model.checkpoint import read_config
+from captioner.model.config_checks import ConfigError
 from captioner.errors import CheckpointError
-from captioner.model_config import ConceptSettings, DecodingSettings, ModelConfig
-from captioner.subject import SubjectSettings
+from captioner.model.config import ConceptSettings, DecodingSettings, ModelConfig
+from captioner.generation.subject import SubjectSettings
 from conftest import EXAMPLES
 from helpers import tiny_decoder
 
@@ -66,7 +66,7 @@ def test_a_model_folder_with_a_bad_field_names_its_config_file(tmp_path, shipped
 
 
 def test_the_configs_beam_is_the_default_beam(tmp_path, shipped_captioner, capsys):
-    from captioner.cli import main
+    from captioner.cli.commands import main
     from captioner.server.routes import default_beam
 
     photo = EXAMPLES / "coffee.jpg"  # beams 3 and 5 caption it differently

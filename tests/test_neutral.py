@@ -1,7 +1,7 @@
 """Gender-neutral captions: person words without gender, still grammatical."""
 import pytest
 
-from captioner.neutral import gender_of, neutral
+from captioner.generation.neutral import gender_of, neutral
 
 FIXTURES = [
     ("a man and a woman are sitting on a bench", "two people are sitting on a bench"),

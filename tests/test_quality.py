@@ -8,7 +8,7 @@ import json
 import pytest
 
 from captioner.api import pretrained_path
-from captioner.evaluation import evaluate_model
+from captioner.evaluation.scoring import evaluate_model
 from conftest import COCO_MINI_DEV, FLICKR8K, needs_coco_mini_dev, needs_flickr8k
 
 # The shipped model on the 1,000 Flickr8k test photos, beam 3, measured: BLEU-4 0.209, CIDEr 0.544.

@@ -11,10 +11,10 @@ import ray  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")  # Ray Data's own notes on its settings
 
-from captioner.cli import main  # noqa: E402
+from captioner.cli.commands import main  # noqa: E402
 from captioner.errors import CaptionerError  # noqa: E402
-from captioner.ray_captioning import actor_pool_size  # noqa: E402
-from captioner.ray_photo_list import photo_list, read_manifest  # noqa: E402
+from captioner.batch.ray_captioning import actor_pool_size  # noqa: E402
+from captioner.batch.ray_photo_list import photo_list, read_manifest  # noqa: E402
 from conftest import EXAMPLES  # noqa: E402
 from helpers import one_line_error  # noqa: E402
 

@@ -461,7 +461,7 @@ def test_bad_options_are_422(client, astronaut, options):
 
 
 def test_captions_are_sentences_unless_plain_is_asked_and_neutral_on_request(client, astronaut):
-    from captioner.caption_style import sentence
+    from captioner.generation.caption_style import sentence
 
     styled, plain, neutral = (post_image(client, astronaut, **options).json()["captions"][0]["text"] for options in ({}, {"style": "plain"}, {"style": "plain", "neutral": "true"}))
     assert styled == sentence(plain) and styled[0].isupper() and styled.endswith(".")  # the page shows it as sent
@@ -833,7 +833,7 @@ def test_cli_reports_a_missing_model_in_one_line(tmp_path):
 
 
 def test_serve_command_listens_on_loopback_unless_told_otherwise(monkeypatch):
-    from captioner.cli import main
+    from captioner.cli.commands import main
 
     listened = []
 

@@ -3,11 +3,11 @@ word no training caption contains, written through a known relative), the colour
 bundled photos' captions naming their subject."""
 import torch
 
-from captioner.concepts import ConceptTable
-from captioner.decoders import Features
-from captioner.subject import SubjectRule, SubjectSettings, render
-from captioner.vocabulary import Vocabulary
-from captioner.word_forms import fix_articles, indefinite_article, names_any, plural
+from captioner.model.concepts import ConceptTable
+from captioner.model.decoders import Features
+from captioner.generation.subject import SubjectRule, SubjectSettings, render
+from captioner.model.vocabulary import Vocabulary
+from captioner.generation.word_forms import fix_articles, indefinite_article, names_any, plural
 
 
 def test_plurals_and_articles():
@@ -120,7 +120,7 @@ def test_clothes_need_a_person_and_a_guarded_word_leaves_its_category_alone(ship
 
 
 def test_on_an_animal_photo_only_the_animals_imagenet_sees_may_be_named(shipped_captioner):
-    from captioner.decoding_rules import Evidence
+    from captioner.generation.rules import Evidence
 
     words = shipped_captioner.concept_detector.words
     probabilities = torch.zeros(1, len(words))

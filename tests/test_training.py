@@ -8,12 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from captioner.api import Captioner
-from captioner.cider import CiderD
-from captioner.cli import main
-from captioner.datasets import load_dataset
-from captioner.features import FeatureCache
-from captioner.training import TrainingConfig, learning_rate_at
-from captioner.vocabulary import tokenize
+from captioner.evaluation.cider import CiderD
+from captioner.cli.commands import main
+from captioner.data.datasets import load_dataset
+from captioner.data.features import FeatureCache
+from captioner.training.loop import TrainingConfig, learning_rate_at
+from captioner.model.vocabulary import tokenize
 from conftest import FLICKR8K, needs_flickr8k
 
 TINY = ["--set", "decoder.embed_dim=64", "--set", "decoder.hidden_dim=64", "--set", "decoder.attention_dim=64",
@@ -34,16 +34,16 @@ def _train_arguments(output, cache, decoder: str = "transformer", limit: int = 5
 
 def _interrupt_after_epoch(monkeypatch, epoch: int) -> None:
     """Ctrl-C just after `epoch`'s checkpoint is written (where the history plot is drawn)."""
-    import captioner.training
+    import captioner.training.loop
 
-    plot = captioner.training.plot_history
+    plot = captioner.training.loop.plot_history
 
     def plot_then_stop(history, path):
         plot(history, path)
         if history[-1]["epoch"] == epoch:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(captioner.training, "plot_history", plot_then_stop)
+    monkeypatch.setattr(captioner.training.loop, "plot_history", plot_then_stop)
 
 
 def _feature_owners(cache) -> dict[bytes, tuple[str, bool]]:
@@ -109,10 +109,10 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, capsys, monkeypatch, 
 @needs_flickr8k
 @pytest.mark.parametrize("flip", [True, False])
 def test_mirrored_features_are_used_in_training_when_flip_is_on(tmp_path, monkeypatch, cache, flip):
-    import captioner.training
+    import captioner.training.loop
 
     seen: list[torch.Tensor] = []
-    build = captioner.training.create_decoder
+    build = captioner.training.loop.create_decoder
 
     def recording_decoder(config):
         decoder = build(config)
@@ -120,7 +120,7 @@ def test_mirrored_features_are_used_in_training_when_flip_is_on(tmp_path, monkey
         decoder.forward = lambda features, tokens: seen.append(features.pooled) or forward(features, tokens)  # only training calls forward
         return decoder
 
-    monkeypatch.setattr(captioner.training, "create_decoder", recording_decoder)
+    monkeypatch.setattr(captioner.training.loop, "create_decoder", recording_decoder)
     arguments = [*_train_arguments(tmp_path / "run", cache), "--epochs", "1", "--set", f"flip_augment={str(flip).lower()}"]
     assert main(arguments) == 0
     owners = _owners_of(torch.cat(seen), _feature_owners(cache))
@@ -132,18 +132,18 @@ def test_mirrored_features_are_used_in_training_when_flip_is_on(tmp_path, monkey
 
 @needs_flickr8k
 def test_self_critical_rewards_are_cider_of_samples_of_the_right_photos(tmp_path, monkeypatch, cache):
-    import captioner.training_losses
+    import captioner.training.losses
 
     assert main([*_train_arguments(tmp_path / "xe", cache, limit=40), "--epochs", "1"]) == 0
     steps: list[tuple[torch.Tensor, list]] = []
-    draw = captioner.training_losses.sample
+    draw = captioner.training.losses.sample
 
     def recording_sample(decoder, features, **options):
         groups = draw(decoder, features, **options)
         steps.append((features.pooled, groups))
         return groups
 
-    monkeypatch.setattr(captioner.training_losses, "sample", recording_sample)
+    monkeypatch.setattr(captioner.training.losses, "sample", recording_sample)
     assert main([*_train_arguments(tmp_path / "scst", cache, limit=40), "--epochs", "1", "--set", f"init_from={tmp_path / 'xe' / 'best'}",
                  "--set", "self_critical=true", "--set", "learning_rate=0.00001", "--set", "batch_size=20"]) == 0
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.cli import main
-from captioner.model_config import ModelConfig
+from captioner.cli.commands import main
+from captioner.model.config import ModelConfig
 from conftest import EXAMPLES
 from helpers import one_line_error
 from test_datasets import write_coco_official
@@ -60,7 +60,7 @@ def test_training_leaves_unreadable_photos_out_and_says_so(tmp_path, capsys, dat
     assert model["training"]["images"] == 8  # the 8 readable train photos
     assert ModelConfig.from_dict(model).to_dict() == model  # a freshly trained config round-trips
 
-    from captioner.evaluation import evaluate_model
+    from captioner.evaluation.scoring import evaluate_model
 
     report = evaluate_model(str(output / "best"), str(dataset_with_broken_photos), split="dev", beam_sizes=[1], output=str(tmp_path / "eval"),
                             cache=str(tmp_path / "cache"), progress=False)
@@ -97,7 +97,7 @@ def test_the_dev_score_of_training_is_the_one_evaluate_gives_the_best_model(tmp_
     """Each epoch's dev photos are captioned through `Captioner.generate`, with the model's own
     decoding rules (and concepts), so the best checkpoint is chosen by the captions users get."""
     from captioner.api import Captioner
-    from captioner.evaluation import evaluate_model
+    from captioner.evaluation.scoring import evaluate_model
 
     captioned: list[int] = []
     generate = Captioner.generate

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.cider import CiderD
-from captioner.decoders import Features, caption_loss
-from captioner.decoding import DecodingOptions, Hypothesis, greedy
-from captioner.distributed import shard, share_weight
-from captioner.training import TrainingConfig, learning_rate_at
-from captioner.training_batches import length_bucketed_batches, pad_batch
-from captioner.training_losses import self_critical_loss
-from captioner.training_state import load_training_state, planned_total_steps, random_state, read_training_state, save_training_state
-from captioner.vocabulary import Vocabulary, tokenize
+from captioner.evaluation.cider import CiderD
+from captioner.model.decoders import Features, caption_loss
+from captioner.generation.decoding import DecodingOptions, Hypothesis, greedy
+from captioner.training.distributed import shard, share_weight
+from captioner.training.loop import TrainingConfig, learning_rate_at
+from captioner.training.batches import length_bucketed_batches, pad_batch
+from captioner.training.losses import self_critical_loss
+from captioner.training.state import load_training_state, planned_total_steps, random_state, read_training_state, save_training_state
+from captioner.model.vocabulary import Vocabulary, tokenize
 from helpers import KINDS, random_features, tiny_decoder
 
 NO_AUTOCAST = torch.autocast("cpu", enabled=False)
@@ -104,7 +104,7 @@ def test_self_critical_baseline_is_the_mean_of_the_other_samples(monkeypatch, re
     features = random_features(2)
     captions = {"dog": ["a dog runs", "a brown dog", "grass"], "cat": ["a cat", "a black cat sleeps", "bed"]}
     groups = [[Hypothesis(VOCABULARY.encode(c), 0.0) for c in captions[key]] for key in captions]
-    monkeypatch.setattr("captioner.training_losses.sample", lambda *args, **kwargs: groups)
+    monkeypatch.setattr("captioner.training.losses.sample", lambda *args, **kwargs: groups)
     reward = TableReward({(key, c): value for key in captions for c, value in zip(captions[key], rewards[::-1] if key == "cat" else rewards)})
     loss, mean_reward = self_critical_loss(decoder, features, list(captions), reward, VOCABULARY, 3, 8, NO_AUTOCAST)
     expected = 0.0

@@ -1,4 +1,4 @@
-from captioner.vocabulary import Vocabulary, clean_caption, tokenize
+from captioner.model.vocabulary import Vocabulary, clean_caption, tokenize
 
 
 def test_clean_caption():

@@ -14,9 +14,9 @@ from typing import TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
-from ..encoders import PreprocessConfig, shrink_large
+from ..data.images import MAX_PIXELS, TooCostlyError, TooManyPixelsError, decode_memory, jpeg_layout, load_image, open_header
 from ..errors import ImageError
-from ..images import MAX_PIXELS, TooCostlyError, TooManyPixelsError, decode_memory, jpeg_layout, load_image, open_header
+from ..model.encoders import PreprocessConfig, shrink_large
 from . import schemas
 from .errors import ApiError
 from .settings import MB, Settings

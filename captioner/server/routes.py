@@ -12,11 +12,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 from PIL import Image
 
-from ..alt_text import tags_alt_text
 from ..api import Captioner
-from ..caption_style import written
 from ..errors import CaptionerError
-from ..explain import check_explainable
+from ..generation.alt_text import tags_alt_text
+from ..generation.caption_style import written
+from ..generation.explain import check_explainable
 from . import schemas
 from .errors import ApiError
 from .inference import InferenceQueue

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..images import MAX_PIXELS
+from ..data.images import MAX_PIXELS
 
 MB = 1024 * 1024
 MULTIPART_OVERHEAD = 64 * 1024  # part headers, boundaries and the option fields around the image

@@ -1,0 +1,1 @@
+"""Evaluation: coco-caption scores, CHAIR, CIDEr-D and labelled photo folders."""
