@@ -21,11 +21,11 @@ from .generation.confidence import Calibration, caption_features, load_calibrati
 from .generation.decoding import Constraints, DecodingOptions, Hypothesis, Phrases, beam_search, greedy, sample
 from .generation.explain import Explanation, attention_over_grid, check_explainable, explanation, one_row, token_words
 from .generation.rules import DecodingRules, Evidence
-from .generation.subject import Subject, SubjectRule, SubjectSettings, render
+from .generation.subject import Subject, SubjectRule, render
 from .generation.word_repeats import once_groups
 from .model.checkpoint import CONFIG, load_concept_detector, load_model, read_metrics
 from .model.concepts import ConceptDetector, ConceptTable, Tag, concept_inputs, concept_word_ids, imagenet_head, tags_from_probabilities
-from .model.config import ConceptSettings, ModelConfig
+from .model.config import ConceptSettings, ModelConfig, SubjectSettings
 from .model.config_checks import MAX_BEAM
 from .model.decoders import Features
 from .model.encoders import PreprocessConfig, create_encoder, preprocess

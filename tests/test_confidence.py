@@ -142,7 +142,7 @@ def test_cli_json_and_output_records_carry_each_captions_confidence(tmp_path, ca
 
 
 def test_cli_without_calibration_writes_null_confidence_with_a_note(uncalibrated_model, capsys, monkeypatch):
-    from captioner import confidence
+    from captioner.generation import confidence
     from captioner.cli.commands import main
 
     monkeypatch.setattr(confidence, "_noted", set())

@@ -4,15 +4,14 @@ decoding.beam_size is the beam when the caller gives none."""
 import json
 
 import pytest
-
-from captioner.api import pretrained_path
-from captioner.model.checkpoint import read_config
-from captioner.model.config_checks import ConfigError
-from captioner.errors import CheckpointError
-from captioner.model.config import ConceptSettings, DecodingSettings, ModelConfig
-from captioner.generation.subject import SubjectSettings
 from conftest import EXAMPLES
 from helpers import tiny_decoder
+
+from captioner.api import pretrained_path
+from captioner.errors import CheckpointError
+from captioner.model.checkpoint import read_config
+from captioner.model.config import ConceptSettings, DecodingSettings, ModelConfig, SubjectSettings
+from captioner.model.config_checks import ConfigError
 
 SHIPPED = json.loads((pretrained_path() / "config.json").read_text())
 MINIMAL = {"format_version": 1, "encoder": "efficientnet-lite2", "decoder": tiny_decoder("transformer").config.to_dict()}

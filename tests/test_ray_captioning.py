@@ -83,7 +83,7 @@ def test_a_rerun_after_a_crash_captions_each_photo_once_and_in_full(photos, plai
 
 
 def test_through_ray_client_the_pipeline_runs_in_a_relay_actor(photos, plain_records, tmp_path, monkeypatch):
-    from captioner import ray_captioning
+    from captioner.batch import ray_captioning
 
     monkeypatch.setattr(ray_captioning, "through_ray_client", lambda: True)  # as with --ray ray://HOST:PORT
     chelsea = str(photos / "chelsea.jpg")
@@ -128,7 +128,7 @@ def test_a_parquet_manifest_of_uris_into_parquet_shards(photos, plain_records, t
 
 
 def test_parquet_shards_are_published_whole_by_size_or_age(tmp_path, monkeypatch):
-    from captioner import caption_shards
+    from captioner.batch import caption_shards
 
     record = {"path": "a.jpg", "captions": [{"text": "a cat", "score": -1.0}], "tags": []}
     folder = tmp_path / "shards"
@@ -229,7 +229,7 @@ def test_a_name_that_is_not_utf8_is_captioned_and_resumed(tmp_path, capsys):
 
 
 def test_a_bad_output_or_model_is_refused_before_ray_starts(photos, onnx_export, tmp_path, capsys, monkeypatch):
-    from captioner import ray_captioning
+    from captioner.batch import ray_captioning
     from captioner.api import pretrained_path
 
     def no_ray(*_):

@@ -3,11 +3,12 @@ word no training caption contains, written through a known relative), the colour
 bundled photos' captions naming their subject."""
 import torch
 
-from captioner.model.concepts import ConceptTable
-from captioner.model.decoders import Features
-from captioner.generation.subject import SubjectRule, SubjectSettings, render
-from captioner.model.vocabulary import Vocabulary
+from captioner.generation.subject import SubjectRule, render
 from captioner.generation.word_forms import fix_articles, indefinite_article, names_any, plural
+from captioner.model.concepts import ConceptTable
+from captioner.model.config import SubjectSettings
+from captioner.model.decoders import Features
+from captioner.model.vocabulary import Vocabulary
 
 
 def test_plurals_and_articles():
@@ -137,8 +138,9 @@ def test_a_broken_subject_setting_is_refused_in_one_line(tmp_path, capsys, examp
     import json
     import shutil
 
-    from captioner.api import pretrained_path
     from helpers import one_line_error
+
+    from captioner.api import pretrained_path
 
     model = tmp_path / "model"
     shutil.copytree(pretrained_path(), model)

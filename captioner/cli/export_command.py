@@ -22,8 +22,7 @@ def command_export(args: argparse.Namespace) -> int:
     import torch
 
     from ..atomic_files import atomic_write_bytes
-    from ..generation.confidence import CALIBRATION
-    from ..model.checkpoint import copy_concepts, load_concept_detector, load_model, read_config, save_model
+    from ..model.checkpoint import CALIBRATION, copy_concepts, load_concept_detector, load_model, read_config, save_model
     from ..model.encoders import create_encoder
 
     decoder, vocabulary, config = load_model(args.model)
@@ -61,7 +60,8 @@ def command_export(args: argparse.Namespace) -> int:
 def _calibration_to_copy(args: argparse.Namespace, output: Path) -> bytes | None:
     """The model's calibration.json, checked, where the copy's captions stay the same (None where it has
     none, or where a flag changes the captions: a new fit is needed then)."""
-    from ..generation.confidence import CALIBRATION, load_calibration
+    from ..generation.confidence import load_calibration
+    from ..model.checkpoint import CALIBRATION
 
     if load_calibration(args.model) is None:  # none (noted); a broken one is refused here, before any write
         return None

@@ -30,11 +30,11 @@ from ..atomic_files import atomic_write_json
 from ..data.lexicon import mentioned_objects, normalise_object
 from ..errors import CheckpointError
 from ..json_files import read_json
+from ..model.checkpoint import CALIBRATION
 from ..model.concepts import Tag
 from ..model.vocabulary import tokenize
 from .word_forms import names_any
 
-CALIBRATION = "calibration.json"
 CALIBRATION_FORMAT_VERSION = 1
 FEATURES = ("score", "top_tag", "named_tag", "subject_named", "unsupported", "words")
 # +1: the weight may not be negative, -1: not positive, 0: free

@@ -26,10 +26,10 @@ import torch
 from ..data.colour import COLOUR_SATURATION
 from ..data.lexicon import coco_categories, object_words
 from ..model.concepts import PERSON_WORDS, SOURCE_IMAGENET, WORN_WORDS, ConceptDetector, animal_words, singular
-from ..model.config import ConceptSettings
+from ..model.config import ConceptSettings, SubjectSettings
 from ..model.decoders import Features
 from ..model.vocabulary import Vocabulary
-from .subject import Subject, SubjectRule, SubjectSettings
+from .subject import Subject, SubjectRule
 
 ANIMAL_PHOTO = 0.5  # ImageNet's animal probability above which a photo is of an animal
 BLACK_AND_WHITE = (("black", "and", "white"), ("white", "and", "black"))

@@ -20,7 +20,7 @@ within its margin meets it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import torch
 from ..data.lexicon import coco_categories
 from ..errors import CheckpointError
 from ..model.concepts import ConceptTable
-from ..model.config_checks import AT_LEAST_ONE, PROBABILITY, Limit, check_fields
+from ..model.config import SubjectSettings
 from ..model.vocabulary import Vocabulary
 from .word_forms import fix_articles, plural
 
@@ -69,30 +69,6 @@ class Subject:
     word: str
     score: float
     writing: Writing
-
-
-@dataclass
-class SubjectSettings:
-    """The model config's `subject` block; chosen on the dev sets."""
-
-    enabled: bool = True
-    threshold: float = 0.4  # ImageNet probability a concept word needs to be required
-    object_threshold: float = 0.8  # the same for COCO's everyday objects (a bun is not always a hot dog)
-    with_people_threshold: float = 0.9  # the same where a person is likely: the people are the subject, not the lake or the scarf
-    share: float = 0.5  # a more specific word must have this share of the most probable one's probability ("dog" 0.95 over "dingo" 0.5)
-    lead: float = 1.5  # and this many times the probability of any word of other classes (a dog or a monkey: neither)
-    max_rank: int = 4000  # words rarer than this (vocabulary rank) are written through a relative
-    margin: float = 1.5  # how much length-normalised log-probability a caption may give up to name it
-
-    @classmethod
-    def from_dict(cls, data: dict | None, where: str = "subject") -> "SubjectSettings":
-        return cls(**check_fields(cls, data or {}, SUBJECT_LIMITS, where))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-SUBJECT_LIMITS = {"share": PROBABILITY, "lead": Limit(1, 100), "threshold": PROBABILITY, "object_threshold": PROBABILITY, "with_people_threshold": Limit(0, 1.01), "max_rank": AT_LEAST_ONE, "margin": Limit(0, 100)}
 
 
 class SubjectRule:

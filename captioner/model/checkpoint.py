@@ -28,6 +28,7 @@ from .vocabulary import Vocabulary
 
 WEIGHTS, CONFIG, VOCABULARY, METRICS = "model.safetensors", "config.json", "vocabulary.json", "metrics.json"
 CONCEPTS = "concepts.safetensors"  # word detectors, for models with concept tokens
+CALIBRATION = "calibration.json"  # the confidence model (`generation/confidence.py`)
 PERSON_BY_CLASS = "person_by_class"  # in CONCEPTS beside the detectors: P(person | ImageNet class)
 
 

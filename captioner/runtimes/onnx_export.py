@@ -39,8 +39,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..atomic_files import atomic_write_bytes, atomic_write_json
-from ..generation.confidence import CALIBRATION
-from ..model.checkpoint import CONCEPTS, CONFIG, METRICS, PERSON_BY_CLASS, VOCABULARY, read_metrics
+from ..model.checkpoint import CALIBRATION, CONCEPTS, CONFIG, METRICS, PERSON_BY_CLASS, VOCABULARY, read_metrics
 from ..model.concepts import MAX_CONCEPT_WORDS, ConceptDetector, Concepts, WordDetector
 from ..model.decoders import Features, TransformerDecoder
 from .onnx_encoder import OPSET, encoder_graph, export_graph
