@@ -452,6 +452,13 @@ def test_big_png_has_the_lower_limit_of_formats_decoded_at_full_size(client):
     assert error["message"].startswith("2,100 x 2,100 pixels is over the 4-megapixel limit for WEBP")
 
 
+def test_an_empty_option_field_is_its_default(client, astronaut):
+    """Swagger UI's "Try it out" and HTML forms send the fields left empty; they take the defaults."""
+    response = client.post("/api/captions", files={"image": ("a.jpg", astronaut, "image/jpeg"), "beam_size": (None, ""), "style": (None, "")})
+    assert response.status_code == 200, response.text
+    assert response.json()["captions"][0]["text"] == client.app.state.captioner.caption(astronaut).text
+
+
 @pytest.mark.parametrize("options", [
     {"beam_size": 0}, {"beam_size": 11}, {"beam_size": "three"}, {"num_captions": 6},
     {"beam_size": 2, "num_captions": 3}, {"beam_size": "9" * 100}, {"beam": 3},

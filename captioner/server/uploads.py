@@ -185,7 +185,8 @@ async def read_caption_form(request: Request, settings: Settings, hold: Callable
     if image is None:
         raise ApiError(422, "missing_image", "Send the photo in a file field named 'image'.")
     try:
-        options = schemas.CaptionOptions.model_validate({"beam_size": default_beam, **{name: value.decode("utf-8", "replace") for name, value in reader.fields.items()}})
+        given = {name: value.decode("utf-8", "replace") for name, value in reader.fields.items() if value.strip()}  # an empty field is the default, as in an HTML form
+        options = schemas.CaptionOptions.model_validate({"beam_size": default_beam, **given})
     except ValidationError as error:
         raise ApiError(422, "invalid_options", _describe(error)) from None
     return bytes(image), options
