@@ -39,3 +39,14 @@ def shipped_captioner():
     from captioner.api import Captioner
 
     return Captioner.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def client():
+    """The server with the shipped model, one per test module (a module may define its own)."""
+    from fastapi.testclient import TestClient
+
+    from captioner.server import Settings, create_app
+
+    with TestClient(create_app(Settings())) as client:
+        yield client

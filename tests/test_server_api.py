@@ -29,7 +29,6 @@ import httpx
 import numpy as np
 import pytest
 import starlette.formparsers
-import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -45,13 +44,6 @@ from captioner.server.connections import uvicorn_config
 from captioner.server.security_headers import PAGE_POLICY
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-
-
-@pytest.fixture(scope="module")
-def client():
-    torch.set_num_threads(1)
-    with TestClient(create_app(Settings())) as client:  # the shipped model
-        yield client
 
 
 @pytest.fixture(scope="module")

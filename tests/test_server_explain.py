@@ -5,22 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from fastapi.testclient import TestClient
 
 from captioner import __version__
-from captioner.server import Settings, create_app
 from captioner.server.examples import example_photos
 from helpers import tiny_decoder
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-
-
-@pytest.fixture(scope="module")
-def client():
-    torch.set_num_threads(1)
-    with TestClient(create_app(Settings())) as client:  # the shipped model
-        yield client
 
 
 def post(client, path: str, photo: Path, **options):
